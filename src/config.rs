@@ -1,0 +1,493 @@
+//! The gateway's configuration: TOML, unknown keys rejected, named defaults,
+//! and a `validate()` pass whose errors name the offending key.
+//!
+//! This module only parses and checks; it never opens sockets or files other
+//! than the configuration file itself. Paths are resolved relative to the
+//! directory of the configuration file so a config can be moved as a unit.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub ssh: SshConfig,
+    pub oidc: OidcConfig,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The inventory: the only places the gateway ever connects to.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The name users give the gateway in their ssh config (`Host <name>`).
+    pub name: String,
+    /// Host name or address users reach the gateway at (printed by `ssh-config`).
+    pub public_host: String,
+    /// Where the embedded store, the admin socket and TOFU host keys live.
+    pub state_dir: PathBuf,
+    /// Key material (see certs/README.md).
+    pub certs_dir: PathBuf,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            name: "jit-gateway".into(),
+            public_host: "127.0.0.1".into(),
+            state_dir: PathBuf::from("/var/lib/jit-gateway"),
+            certs_dir: PathBuf::from("/etc/jit-gateway/certs"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Only pinned keys (inventory `host_key`) are accepted.
+    Strict,
+    /// Pinned keys are checked; an unpinned target's key is recorded on first
+    /// use and must match from then on.
+    Tofu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    pub listen: SocketAddr,
+    /// Port users connect to, when it differs from `listen` (NAT, load balancer).
+    pub public_port: Option<u16>,
+    /// Longest time a connection may take to sign in, device flow included.
+    #[serde(with = "humantime_serde")]
+    pub login_grace_time: Duration,
+    /// How long a client key stays bound to the identity that signed in with it.
+    #[serde(with = "humantime_serde")]
+    pub key_binding_ttl: Duration,
+    /// Connections that have not signed in yet, at most (like OpenSSH's MaxStartups).
+    pub max_unauthenticated: usize,
+    /// Device-flow sign-ins waiting for approval at once, at most.
+    pub max_pending_sign_ins: usize,
+    pub allow_agent_forwarding: bool,
+    pub allow_x11_forwarding: bool,
+    /// Environment variables passed to the target (`SendEnv`); `*` at the end is a prefix match.
+    pub allowed_env: Vec<String>,
+    /// Subsystems a client may start on a target.
+    pub allowed_subsystems: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    /// Lifetime of the user certificate the gateway presents to a target.
+    #[serde(with = "humantime_serde")]
+    pub upstream_certificate_ttl: Duration,
+    pub upstream_host_key_policy: HostKeyPolicy,
+    /// Keepalive toward clients and targets; three missed answers end the connection.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:2222".parse().expect("literal address"),
+            public_port: None,
+            login_grace_time: Duration::from_secs(600),
+            key_binding_ttl: Duration::from_secs(12 * 3600),
+            max_unauthenticated: 256,
+            max_pending_sign_ins: 64,
+            allow_agent_forwarding: false,
+            allow_x11_forwarding: false,
+            allowed_env: vec!["LANG".into(), "LC_*".into()],
+            allowed_subsystems: vec!["sftp".into()],
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_certificate_ttl: Duration::from_secs(300),
+            upstream_host_key_policy: HostKeyPolicy::Tofu,
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Issuer URL; discovery is fetched from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// File holding the client secret (confidential clients). Never put the secret itself here.
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret, as an alternative to the file.
+    pub client_secret_env: Option<String>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Claim that names a user in grants (`grant add --user`).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Claim whose value a user may also type as the SSH user name at the gateway.
+    #[serde(default = "default_login_name_claim")]
+    pub login_name_claim: String,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Accept an `http://` issuer, only when it is on a loopback address (demo and tests).
+    #[serde(default)]
+    pub allow_insecure_loopback_issuer: bool,
+    /// Extra CA certificate (PEM) to trust for the provider's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Clock skew tolerated when checking token times.
+    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub http_timeout: Duration,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+fn default_user_claim() -> String {
+    "email".into()
+}
+fn default_login_name_claim() -> String {
+    "preferred_username".into()
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    pub dir: PathBuf,
+    /// Record what users type in pty sessions (may contain passwords typed at prompts).
+    pub record_input: bool,
+    /// Output of an exec channel kept (compressed) per channel; past it only counts and a SHA-256.
+    pub exec_output_cap: ByteSize,
+    /// Recording data waiting for the disk, per recording, at most.
+    pub max_backlog: ByteSize,
+    /// End the session when its recording cannot be written (fail closed).
+    pub fail_closed: bool,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/jit-gateway/recordings"),
+            record_input: false,
+            exec_output_cap: ByteSize(64 << 20),
+            max_backlog: ByteSize(64 << 20),
+            fail_closed: true,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket for `jit-gateway grant ...`; default `<state_dir>/admin.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Address the gateway connects to (IP or DNS name, never chosen by a user).
+    pub address: String,
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+    /// Pinned host key of the target (`ssh-ed25519 AAAA...`); takes precedence over TOFU.
+    pub host_key: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+/// A size in bytes written as `64MiB`, `512 KiB`, `1GB` or a bare number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size"))?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit `{other}` (use KiB, MiB, GiB)")),
+        };
+        number.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A target name as users type it after `ssh -J gateway user@<name>`.
+pub fn is_valid_target_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && name.parse::<std::net::IpAddr>().is_err()
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file. Relative paths in it
+    /// are taken relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.gateway.state_dir);
+        resolve(&mut self.gateway.certs_dir);
+        resolve(&mut self.recording.dir);
+        if let Some(p) = self.admin.socket.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.oidc.client_secret_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.oidc.ca_file.as_mut() {
+            resolve(p);
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.gateway.name.is_empty() || self.gateway.name.contains(char::is_whitespace) {
+            return Err(invalid("gateway.name", "must be a single word"));
+        }
+        if self.ssh.key_binding_ttl.is_zero() {
+            return Err(invalid("ssh.key_binding_ttl", "must be longer than zero"));
+        }
+        if self.ssh.login_grace_time < Duration::from_secs(10) {
+            return Err(invalid("ssh.login_grace_time", "must be at least 10s"));
+        }
+        if self.ssh.upstream_certificate_ttl < Duration::from_secs(30)
+            || self.ssh.upstream_certificate_ttl > Duration::from_secs(3600)
+        {
+            return Err(invalid("ssh.upstream_certificate_ttl", "must be between 30s and 1h"));
+        }
+        if self.ssh.max_unauthenticated == 0 {
+            return Err(invalid("ssh.max_unauthenticated", "must be at least 1"));
+        }
+        if self.ssh.max_pending_sign_ins == 0 {
+            return Err(invalid("ssh.max_pending_sign_ins", "must be at least 1"));
+        }
+        for (i, name) in self.ssh.allowed_env.iter().enumerate() {
+            let stem = name.strip_suffix('*').unwrap_or(name);
+            if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(invalid(format!("ssh.allowed_env[{i}]"), format!("`{name}` is not a variable name")));
+            }
+        }
+        self.validate_oidc()?;
+        if self.recording.flush_interval.is_zero() || self.recording.flush_interval > Duration::from_secs(1) {
+            return Err(invalid("recording.flush_interval", "must be between 1ms and 1s"));
+        }
+        if self.recording.max_backlog.0 < 1 << 20 {
+            return Err(invalid("recording.max_backlog", "must be at least 1MiB"));
+        }
+        for (name, target) in &self.targets {
+            let key = |field: &str| format!("targets.{name}.{field}");
+            if !is_valid_target_name(name) {
+                return Err(invalid(
+                    format!("targets.{name}"),
+                    "a target name is lower-case letters, digits and '-', and not an IP address",
+                ));
+            }
+            if target.address.trim().is_empty() {
+                return Err(invalid(key("address"), "must not be empty"));
+            }
+            if target.ssh_port == 0 {
+                return Err(invalid(key("ssh_port"), "must not be 0"));
+            }
+            if let Some(pin) = &target.host_key {
+                russh::keys::PublicKey::from_openssh(pin.trim())
+                    .map_err(|e| invalid(key("host_key"), format!("not an OpenSSH public key: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let oidc = &self.oidc;
+        let url = reqwest::Url::parse(&oidc.issuer)
+            .map_err(|e| invalid("oidc.issuer", format!("not a URL: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" => {
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                if !loopback || !oidc.allow_insecure_loopback_issuer {
+                    return Err(invalid(
+                        "oidc.issuer",
+                        "must use https (plain http is accepted only on loopback with oidc.allow_insecure_loopback_issuer = true)",
+                    ));
+                }
+            }
+            other => return Err(invalid("oidc.issuer", format!("unsupported scheme `{other}`"))),
+        }
+        if oidc.client_id.is_empty() {
+            return Err(invalid("oidc.client_id", "must not be empty"));
+        }
+        if oidc.client_secret_file.is_some() && oidc.client_secret_env.is_some() {
+            return Err(invalid("oidc.client_secret_file", "give either client_secret_file or client_secret_env, not both"));
+        }
+        if !oidc.scopes.iter().any(|s| s == "openid") {
+            return Err(invalid("oidc.scopes", "must include `openid`"));
+        }
+        Ok(())
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin.socket.clone().unwrap_or_else(|| self.gateway.state_dir.join("admin.sock"))
+    }
+
+    pub fn public_ssh_port(&self) -> u16 {
+        self.ssh.public_port.unwrap_or(self.ssh.listen.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [oidc]
+        issuer = "https://login.example.test/tenant/v2.0"
+        client_id = "jit-gateway"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/jit")).unwrap();
+        assert_eq!(c.ssh.listen.port(), 2222);
+        assert_eq!(c.ssh.key_binding_ttl, Duration::from_secs(43200));
+        assert_eq!(c.recording.exec_output_cap, ByteSize(64 << 20));
+        assert!(c.recording.fail_closed);
+        assert!(!c.recording.record_input);
+        assert_eq!(c.admin_socket(), PathBuf::from("/var/lib/jit-gateway/admin.sock"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{MINIMAL}\n[ssh]\nlisten_adress = \"0.0.0.0:22\"\n");
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_issuer_needs_loopback_and_opt_in() {
+        let text = MINIMAL.replace("https://login.example.test/tenant/v2.0", "http://127.0.0.1:9000");
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("oidc.issuer"), "{err}");
+        let ok = format!("{}\nallow_insecure_loopback_issuer = true\n", text.trim_end());
+        Config::from_toml(&ok, Path::new(".")).unwrap();
+        let remote = ok.replace("127.0.0.1", "10.0.0.1");
+        assert!(Config::from_toml(&remote, Path::new(".")).is_err());
+    }
+
+    #[test]
+    fn target_names_and_pins_are_checked() {
+        let bad_name = format!("{MINIMAL}\n[targets.\"10.0.0.4\"]\naddress = \"10.0.0.4\"\n");
+        let err = Config::from_toml(&bad_name, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("targets.10.0.0.4"), "{err}");
+        let bad_pin = format!("{MINIMAL}\n[targets.vm1]\naddress = \"10.0.0.4\"\nhost_key = \"ssh-ed25519 nope\"\n");
+        let err = Config::from_toml(&bad_pin, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("targets.vm1.host_key"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let text = format!("{MINIMAL}\n[gateway]\nstate_dir = \"state\"\ncerts_dir = \"/abs/certs\"\n");
+        let c = Config::from_toml(&text, Path::new("/srv/gw")).unwrap();
+        assert_eq!(c.gateway.state_dir, PathBuf::from("/srv/gw/state"));
+        assert_eq!(c.gateway.certs_dir, PathBuf::from("/abs/certs"));
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(ByteSize::parse("64MiB").unwrap(), ByteSize(64 << 20));
+        assert_eq!(ByteSize::parse("512 KiB").unwrap(), ByteSize(512 << 10));
+        assert_eq!(ByteSize::parse("1000").unwrap(), ByteSize(1000));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("99999999999999GiB").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! jit-gateway: a just-in-time access gateway for SSH (and RDP).
+//!
+//! The layout follows the request path:
+//! - `config`: the TOML configuration and its validation.
+//! - `keys`: key material in `certs/` and the certificates minted from it.
+//! - `oidc`: the identity provider client (device flow, token verification).
+//! - `store`: the embedded store (redb): identities, grants, sessions, recordings, audit.
+//! - `access`: pure access decisions (inventory, grants, logins), with reasons.
+//! - `ssh`: the outer server (sign-in, `direct-tcpip`), the inner server on each
+//!   channel, the upstream client toward the VM, and the channel relay.
+//! - `recording`: recorders, formats (asciicast, exec, sftp events), sealing.
+//! - `sessions`: live sessions and ending them when their grant ends.
+//! - `admin`: the local admin socket behind `jit-gateway grant ...`.
+//! - `replay`: the terminal player.
+
+pub mod access;
+pub mod clock;
+pub mod config;
+pub mod ids;
+pub mod keys;
+pub mod oidc;
+pub mod recording;
+pub mod secret;
+pub mod store;

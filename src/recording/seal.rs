@@ -1,0 +1,160 @@
+//! Sealing: at the end of a recording the gateway writes `<id>.manifest.json`
+//! beside it, holding the file's size and SHA-256 and an SSHSIG signature by
+//! the gateway's signing key over the rest of the manifest. `verify` proves a
+//! recording was not altered; `ssh-keygen -Y verify` can check the same
+//! signature without our tools (the signed bytes are `signed_text`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeyMaterial, verify_signature};
+use crate::store::RecordingRecord;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub recording: String,
+    pub session: String,
+    pub kind: String,
+    pub file: String,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub size: u64,
+    pub sha256: String,
+    pub note: Option<String>,
+    /// The signing key's public half (`ssh-ed25519 AAAA...`).
+    pub signer: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SignedManifest {
+    manifest: Manifest,
+    /// SSHSIG over `signed_text(manifest)`, namespace `jit-gateway@audit`.
+    signature: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a manifest: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{0}")]
+    Key(#[from] crate::keys::KeyError),
+    #[error("{file} was altered: its SHA-256 is {actual}, the manifest says {expected}")]
+    Altered { file: String, expected: String, actual: String },
+    #[error("{file} was altered: its size is {actual} bytes, the manifest says {expected}")]
+    Resized { file: String, expected: u64, actual: u64 },
+    #[error("the manifest is signed by {found}, not by this gateway's signing key {expected}")]
+    WrongSigner { found: String, expected: String },
+}
+
+/// The bytes the signature covers: the manifest as canonical JSON.
+pub fn signed_text(manifest: &Manifest) -> Vec<u8> {
+    // serde_json::Value maps are sorted, so this is stable across versions.
+    serde_json::to_value(manifest).map(|v| v.to_string().into_bytes()).unwrap_or_default()
+}
+
+pub fn manifest_path(recording: &Path) -> PathBuf {
+    let name = recording.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let id = name.split('.').next().unwrap_or_default();
+    recording.with_file_name(format!("{id}.manifest.json"))
+}
+
+pub async fn write_manifest(keys: &KeyMaterial, recording: &Path, record: &RecordingRecord) -> Result<(), SealError> {
+    let manifest = Manifest {
+        recording: record.id.clone(),
+        session: record.session_id.clone(),
+        kind: record.kind.to_string(),
+        file: record.file.clone(),
+        user: record.user.clone(),
+        target: record.target.clone(),
+        login: record.login.clone(),
+        started_ms: record.started_ms,
+        ended_ms: record.ended_ms,
+        size: record.size.unwrap_or(0),
+        sha256: record.sha256.clone().unwrap_or_default(),
+        note: record.note.clone(),
+        signer: crate::keys::openssh_line(keys.signing_public()),
+    };
+    let signature = keys.sign(&signed_text(&manifest))?;
+    let text = serde_json::to_string_pretty(&SignedManifest { manifest, signature }).unwrap_or_default();
+    let path = manifest_path(recording);
+    tokio::fs::write(&path, text).await.map_err(|source| SealError::Io { path, source })
+}
+
+/// Checks a recording against its manifest and the manifest's signature.
+/// `trusted` is the signing key the manifest must be signed with.
+pub fn verify(recording: &Path, trusted: &russh::keys::PublicKey) -> Result<Manifest, SealError> {
+    let path = manifest_path(recording);
+    let text = std::fs::read_to_string(&path).map_err(|source| SealError::Io { path: path.clone(), source })?;
+    let signed: SignedManifest =
+        serde_json::from_str(&text).map_err(|e| SealError::Format { path: path.clone(), message: e.to_string() })?;
+    let expected = crate::keys::openssh_line(trusted);
+    if signed.manifest.signer != expected {
+        return Err(SealError::WrongSigner { found: signed.manifest.signer.clone(), expected });
+    }
+    verify_signature(trusted, &signed_text(&signed.manifest), &signed.signature)?;
+    let bytes = std::fs::read(recording).map_err(|source| SealError::Io { path: recording.to_path_buf(), source })?;
+    let m = signed.manifest;
+    if bytes.len() as u64 != m.size {
+        return Err(SealError::Resized { file: m.file.clone(), expected: m.size, actual: bytes.len() as u64 });
+    }
+    let actual = crate::secret::sha256_hex(&bytes);
+    if actual != m.sha256 {
+        return Err(SealError::Altered { file: m.file.clone(), expected: m.sha256.clone(), actual });
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RecordingKind;
+
+    #[tokio::test]
+    async fn sealed_recordings_verify_and_tampering_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyMaterial::load_or_generate(&dir.path().join("certs")).unwrap();
+        let path = dir.path().join("r-abc.cast");
+        let content = b"{\"version\":2}\n[0.1, \"o\", \"hi\"]\n";
+        std::fs::write(&path, content).unwrap();
+        let record = RecordingRecord {
+            id: "r-abc".into(),
+            session_id: "s-1".into(),
+            kind: RecordingKind::Pty,
+            user: "alice@example.test".into(),
+            target: "vm1".into(),
+            login: "admin".into(),
+            file: "r-abc.cast".into(),
+            started_ms: 1,
+            ended_ms: Some(2),
+            size: Some(content.len() as u64),
+            sha256: Some(crate::secret::sha256_hex(content)),
+            command: None,
+            exit_status: None,
+            bytes_from_client: 0,
+            bytes_from_target: 2,
+            note: None,
+        };
+        write_manifest(&keys, &path, &record).await.unwrap();
+        assert_eq!(manifest_path(&path), dir.path().join("r-abc.manifest.json"));
+        let m = verify(&path, keys.signing_public()).unwrap();
+        assert_eq!(m.recording, "r-abc");
+
+        std::fs::write(&path, b"{\"version\":2}\n[0.1, \"o\", \"ho\"]\n").unwrap();
+        assert!(matches!(verify(&path, keys.signing_public()), Err(SealError::Altered { .. })));
+
+        // Editing the manifest to match breaks its signature.
+        let text = std::fs::read_to_string(manifest_path(&path)).unwrap();
+        let forged = text.replace(&record.sha256.clone().unwrap(), &crate::secret::sha256_hex(b"{\"version\":2}\n[0.1, \"o\", \"ho\"]\n"));
+        std::fs::write(manifest_path(&path), forged).unwrap();
+        assert!(matches!(verify(&path, keys.signing_public()), Err(SealError::Key(_))));
+
+        let other = KeyMaterial::load_or_generate(&dir.path().join("other")).unwrap();
+        assert!(matches!(verify(&path, other.signing_public()), Err(SealError::WrongSigner { .. })));
+    }
+}

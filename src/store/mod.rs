@@ -1,0 +1,96 @@
+//! The embedded store: one redb file owned by one gateway process, holding
+//! identities, key bindings, grants (with an expiry index), sessions, the
+//! recordings index, TOFU host keys and the audit hash chain.
+//!
+//! Callers see the `Store` trait so a shared database can replace redb when
+//! several gateways run side by side. Methods are synchronous (redb is);
+//! async code calls them through `blocking()` so a commit's fsync never
+//! stalls a runtime worker.
+
+mod model;
+mod redb_store;
+
+use std::sync::Arc;
+
+pub use model::*;
+pub use redb_store::RedbStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(String),
+    #[error("store record `{key}` is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Filter for listing grants.
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    pub user: Option<String>,
+    pub target: Option<String>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn upsert_identity(&self, identity: &Identity) -> StoreResult<()>;
+    fn identity(&self, id: &str) -> StoreResult<Option<Identity>>;
+
+    fn bind_key(&self, binding: &KeyBinding) -> StoreResult<()>;
+    fn key_binding(&self, fingerprint: &str) -> StoreResult<Option<KeyBinding>>;
+    fn remove_key_binding(&self, fingerprint: &str) -> StoreResult<bool>;
+
+    fn insert_grant(&self, grant: &Grant) -> StoreResult<()>;
+    fn grant(&self, id: &str) -> StoreResult<Option<Grant>>;
+    /// Applies `change` to a grant atomically and returns the new value.
+    fn update_grant(&self, id: &str, change: &mut dyn FnMut(&mut Grant) -> StoreResult<()>) -> StoreResult<Grant>;
+    /// Every grant naming `user` (any status), newest first.
+    fn grants_for_user(&self, user: &str) -> StoreResult<Vec<Grant>>;
+    fn list_grants(&self, filter: &GrantFilter) -> StoreResult<Vec<Grant>>;
+    /// Grants whose end (expiry or revocation) has come but that were not processed yet.
+    fn grants_due(&self, now_ms: i64) -> StoreResult<Vec<Grant>>;
+    /// The earliest end among unprocessed grants, to sleep until.
+    fn next_grant_end(&self) -> StoreResult<Option<i64>>;
+
+    fn upsert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    fn sessions(&self, limit: usize) -> StoreResult<Vec<SessionRecord>>;
+
+    fn upsert_recording(&self, recording: &RecordingRecord) -> StoreResult<()>;
+    fn recording(&self, id: &str) -> StoreResult<Option<RecordingRecord>>;
+    fn recordings(&self, limit: usize) -> StoreResult<Vec<RecordingRecord>>;
+
+    fn pinned_host_key(&self, target: &str) -> StoreResult<Option<String>>;
+    fn pin_host_key(&self, target: &str, key: &str) -> StoreResult<()>;
+
+    fn append_audit(&self, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord>;
+    fn audit_records(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Runs a store call on the blocking pool.
+pub async fn blocking<T, F>(store: &SharedStore, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// The hash of an audit record: SHA-256 over its fields in a fixed order.
+pub fn audit_hash(seq: u64, at_ms: i64, kind: &str, actor: &str, target: Option<&str>, details: &serde_json::Value, prev_hash: &str) -> String {
+    let canonical = serde_json::json!([seq, at_ms, kind, actor, target, details, prev_hash]);
+    crate::secret::sha256_hex(canonical.to_string().as_bytes())
+}
+
+/// The `prev_hash` of the first audit record.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";

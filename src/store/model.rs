@@ -1,0 +1,305 @@
+//! The records the gateway keeps: identities, key bindings, grants, sessions,
+//! recordings and audit events. Plain data with serde; times are Unix
+//! milliseconds from the injected clock. Status is derived from time, never
+//! stored twice (a grant is "expired" because `now >= expires_at_ms`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Ssh,
+    Rdp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Ssh => "ssh",
+            Protocol::Rdp => "rdp",
+        })
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ssh" => Ok(Protocol::Ssh),
+            "rdp" => Ok(Protocol::Rdp),
+            other => Err(format!("unknown protocol `{other}` (ssh or rdp)")),
+        }
+    }
+}
+
+/// A person as the identity provider vouched for them at their last sign-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Stable key: derived from issuer and subject.
+    pub id: String,
+    pub issuer: String,
+    pub subject: String,
+    /// Value of the configured user claim (email by default): how grants name people.
+    pub user: String,
+    /// Value of the login-name claim (`preferred_username`), if the provider sent one.
+    pub login_name: Option<String>,
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub first_seen_ms: i64,
+    pub last_sign_in_ms: i64,
+}
+
+impl Identity {
+    pub fn id_for(issuer: &str, subject: &str) -> String {
+        let digest = crate::secret::sha256_hex(format!("{issuer}\n{subject}").as_bytes());
+        format!("oidc-{}", &digest[..24])
+    }
+
+    /// True when `name` is what this person may type as the SSH user at the gateway.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.user.eq_ignore_ascii_case(name) || self.login_name.as_deref().is_some_and(|l| l == name)
+    }
+}
+
+/// A client public key bound to an identity after a sign-in, for a limited time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyBinding {
+    /// `SHA256:...` fingerprint of the client key.
+    pub fingerprint: String,
+    pub identity_id: String,
+    pub user: String,
+    pub algorithm: String,
+    pub bound_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub client_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub at_ms: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+/// Permission for one user to reach one target over one protocol, as given
+/// logins, inside a time window. Requests and approvals (a later workflow)
+/// produce grants of this same shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    /// The user, as the configured user claim names them (e.g. `alice@example.test`).
+    pub user: String,
+    pub target: String,
+    pub protocol: Protocol,
+    /// Login names on the target this grant allows.
+    pub logins: Vec<String>,
+    /// Whether `-L` forwards through the target are allowed.
+    #[serde(default)]
+    pub port_forwarding: bool,
+    pub not_before_ms: i64,
+    pub expires_at_ms: i64,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    /// The access request this grant came from, when it came from one.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub approved_by: Vec<String>,
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
+    /// When the gateway processed the grant's end (sessions closed, audit written).
+    #[serde(default)]
+    pub ended_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantStatus {
+    /// Approved, but its window has not started.
+    Scheduled,
+    Live,
+    Expired,
+    Revoked,
+}
+
+impl std::fmt::Display for GrantStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GrantStatus::Scheduled => "scheduled",
+            GrantStatus::Live => "live",
+            GrantStatus::Expired => "expired",
+            GrantStatus::Revoked => "revoked",
+        })
+    }
+}
+
+impl Grant {
+    pub fn status(&self, now_ms: i64) -> GrantStatus {
+        if self.revocation.is_some() {
+            GrantStatus::Revoked
+        } else if now_ms >= self.expires_at_ms {
+            GrantStatus::Expired
+        } else if now_ms < self.not_before_ms {
+            GrantStatus::Scheduled
+        } else {
+            GrantStatus::Live
+        }
+    }
+
+    /// When the grant stopped or stops being usable.
+    pub fn end_ms(&self) -> i64 {
+        self.revocation.as_ref().map_or(self.expires_at_ms, |r| r.at_ms.min(self.expires_at_ms))
+    }
+}
+
+/// One inner SSH connection (one `ssh -J` hop) or one RDP connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user: String,
+    pub target: String,
+    pub protocol: Protocol,
+    pub login: String,
+    pub grant_id: String,
+    pub client_ip: Option<String>,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordingKind {
+    /// A terminal session (asciicast v2).
+    Pty,
+    /// A command without a terminal: command line, exit status, compressed output.
+    Exec,
+    /// An sftp (or scp over sftp) session: file operations.
+    Sftp,
+}
+
+impl std::fmt::Display for RecordingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordingKind::Pty => "pty",
+            RecordingKind::Exec => "exec",
+            RecordingKind::Sftp => "sftp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingRecord {
+    pub id: String,
+    pub session_id: String,
+    pub kind: RecordingKind,
+    pub user: String,
+    pub target: String,
+    pub login: String,
+    /// File name inside the recordings directory.
+    pub file: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// Size and SHA-256 of the sealed file.
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub command: Option<String>,
+    pub exit_status: Option<u32>,
+    /// Bytes from the client and from the target on this channel.
+    pub bytes_from_client: u64,
+    pub bytes_from_target: u64,
+    /// Set when the recording could not keep everything (a write error, or data past a cap).
+    pub note: Option<String>,
+}
+
+/// One line of the audit log. `hash` covers everything else in the record,
+/// including `prev_hash`, so the log is a chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub actor: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    pub details: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// What callers hand to the audit log; the store numbers and chains it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub kind: &'static str,
+    pub actor: String,
+    pub target: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    pub fn new(kind: &'static str, actor: impl Into<String>, details: serde_json::Value) -> Self {
+        AuditEvent { kind, actor: actor.into(), target: None, details }
+    }
+
+    pub fn on(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(nb: i64, exp: i64) -> Grant {
+        Grant {
+            id: "g-1".into(),
+            user: "alice@example.test".into(),
+            target: "vm1".into(),
+            protocol: Protocol::Ssh,
+            logins: vec!["admin".into()],
+            port_forwarding: false,
+            not_before_ms: nb,
+            expires_at_ms: exp,
+            reason: "test".into(),
+            created_by: "admin".into(),
+            created_at_ms: 0,
+            request_id: None,
+            approved_by: vec![],
+            revocation: None,
+            ended_ms: None,
+        }
+    }
+
+    #[test]
+    fn status_follows_time_and_revocation() {
+        let mut g = grant(100, 200);
+        assert_eq!(g.status(50), GrantStatus::Scheduled);
+        assert_eq!(g.status(100), GrantStatus::Live);
+        assert_eq!(g.status(200), GrantStatus::Expired);
+        g.revocation = Some(Revocation { at_ms: 150, by: "bob".into(), reason: "done".into() });
+        assert_eq!(g.status(120), GrantStatus::Revoked);
+        assert_eq!(g.end_ms(), 150);
+    }
+
+    #[test]
+    fn identities_answer_to_their_names() {
+        let id = Identity {
+            id: Identity::id_for("https://idp", "u1"),
+            issuer: "https://idp".into(),
+            subject: "u1".into(),
+            user: "alice@example.test".into(),
+            login_name: Some("alice".into()),
+            display_name: None,
+            groups: vec![],
+            first_seen_ms: 0,
+            last_sign_in_ms: 0,
+        };
+        assert!(id.answers_to("alice"));
+        assert!(id.answers_to("Alice@Example.test"));
+        assert!(!id.answers_to("bob"));
+        assert_ne!(Identity::id_for("https://idp", "u1"), Identity::id_for("https://other", "u1"));
+    }
+}

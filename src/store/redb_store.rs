@@ -1,0 +1,409 @@
+//! `Store` on redb: one file, ACID transactions, crash-safe. Values are JSON
+//! (readable with any tool, tolerant of added fields); keys are strings or
+//! sequence numbers. Secondary indexes live in their own tables and are
+//! written in the same transaction as the record they point to.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::*;
+
+const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identities");
+const KEY_BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("key_bindings");
+const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+/// `user \0 grant id` → ()
+const GRANTS_BY_USER: TableDefinition<&str, ()> = TableDefinition::new("grants_by_user");
+/// `end ms (20 digits) / grant id` → () for grants whose end is not processed yet.
+const GRANT_ENDS: TableDefinition<&str, ()> = TableDefinition::new("grant_ends");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const RECORDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("recordings");
+const HOST_KEYS: TableDefinition<&str, &str> = TableDefinition::new("host_keys");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(db_err)
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() })
+}
+
+fn end_key(grant: &Grant) -> String {
+    format!("{:020}/{}", grant.end_ms().max(0), grant.id)
+}
+
+fn user_key(user: &str, grant_id: &str) -> String {
+    format!("{}\0{grant_id}", user.to_ascii_lowercase())
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> StoreResult<RedbStore> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| db_err(format!("{}: {e}", parent.display())))?;
+        }
+        let db = Database::builder()
+            .set_cache_size(32 << 20)
+            .create(path)
+            .map_err(|e| db_err(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(IDENTITIES).map_err(db_err)?;
+            txn.open_table(KEY_BINDINGS).map_err(db_err)?;
+            txn.open_table(GRANTS).map_err(db_err)?;
+            txn.open_table(GRANTS_BY_USER).map_err(db_err)?;
+            txn.open_table(GRANT_ENDS).map_err(db_err)?;
+            txn.open_table(SESSIONS).map_err(db_err)?;
+            txn.open_table(RECORDINGS).map_err(db_err)?;
+            txn.open_table(HOST_KEYS).map_err(db_err)?;
+            txn.open_table(AUDIT).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(RedbStore { db })
+    }
+
+    fn put<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> StoreResult<()> {
+        let bytes = encode(value)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(table).map_err(db_err)?.insert(key, bytes.as_slice()).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    fn get<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> StoreResult<Option<T>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
+        match table.get(key).map_err(db_err)? {
+            Some(v) => decode(key, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// All values of a table, in key order.
+    fn all<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>) -> StoreResult<Vec<T>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl Store for RedbStore {
+    fn upsert_identity(&self, identity: &Identity) -> StoreResult<()> {
+        self.put(IDENTITIES, &identity.id, identity)
+    }
+
+    fn identity(&self, id: &str) -> StoreResult<Option<Identity>> {
+        self.get(IDENTITIES, id)
+    }
+
+    fn bind_key(&self, binding: &KeyBinding) -> StoreResult<()> {
+        self.put(KEY_BINDINGS, &binding.fingerprint, binding)
+    }
+
+    fn key_binding(&self, fingerprint: &str) -> StoreResult<Option<KeyBinding>> {
+        self.get(KEY_BINDINGS, fingerprint)
+    }
+
+    fn remove_key_binding(&self, fingerprint: &str) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = txn.open_table(KEY_BINDINGS).map_err(db_err)?.remove(fingerprint).map_err(db_err)?.is_some();
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    fn insert_grant(&self, grant: &Grant) -> StoreResult<()> {
+        let bytes = encode(grant)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut grants = txn.open_table(GRANTS).map_err(db_err)?;
+            if grants.get(grant.id.as_str()).map_err(db_err)?.is_some() {
+                return Err(StoreError::Conflict(format!("grant {} exists already", grant.id)));
+            }
+            grants.insert(grant.id.as_str(), bytes.as_slice()).map_err(db_err)?;
+            txn.open_table(GRANTS_BY_USER).map_err(db_err)?.insert(user_key(&grant.user, &grant.id).as_str(), ()).map_err(db_err)?;
+            if grant.ended_ms.is_none() {
+                txn.open_table(GRANT_ENDS).map_err(db_err)?.insert(end_key(grant).as_str(), ()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn grant(&self, id: &str) -> StoreResult<Option<Grant>> {
+        self.get(GRANTS, id)
+    }
+
+    fn update_grant(&self, id: &str, change: &mut dyn FnMut(&mut Grant) -> StoreResult<()>) -> StoreResult<Grant> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let updated = {
+            let mut grants = txn.open_table(GRANTS).map_err(db_err)?;
+            let before: Grant = match grants.get(id).map_err(db_err)? {
+                Some(v) => decode(id, v.value())?,
+                None => return Err(StoreError::NotFound(format!("grant {id}"))),
+            };
+            let mut after = before.clone();
+            change(&mut after)?;
+            if after.id != before.id || after.user != before.user {
+                return Err(StoreError::Conflict("a grant's id and user cannot change".into()));
+            }
+            grants.insert(id, encode(&after)?.as_slice()).map_err(db_err)?;
+            let mut ends = txn.open_table(GRANT_ENDS).map_err(db_err)?;
+            ends.remove(end_key(&before).as_str()).map_err(db_err)?;
+            if after.ended_ms.is_none() {
+                ends.insert(end_key(&after).as_str(), ()).map_err(db_err)?;
+            }
+            after
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(updated)
+    }
+
+    fn grants_for_user(&self, user: &str) -> StoreResult<Vec<Grant>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let index = txn.open_table(GRANTS_BY_USER).map_err(db_err)?;
+        let grants = txn.open_table(GRANTS).map_err(db_err)?;
+        let from = user_key(user, "");
+        let to = format!("{}\u{1}", user.to_ascii_lowercase());
+        let mut out: Vec<Grant> = Vec::new();
+        for entry in index.range(from.as_str()..to.as_str()).map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            let Some((_, id)) = key.value().split_once('\0') else { continue };
+            if let Some(v) = grants.get(id).map_err(db_err)? {
+                out.push(decode(id, v.value())?);
+            }
+        }
+        out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        Ok(out)
+    }
+
+    fn list_grants(&self, filter: &GrantFilter) -> StoreResult<Vec<Grant>> {
+        let mut all: Vec<Grant> = match &filter.user {
+            Some(user) => self.grants_for_user(user)?,
+            None => self.all(GRANTS)?,
+        };
+        if let Some(target) = &filter.target {
+            all.retain(|g| &g.target == target);
+        }
+        all.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        Ok(all)
+    }
+
+    fn grants_due(&self, now_ms: i64) -> StoreResult<Vec<Grant>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let ends = txn.open_table(GRANT_ENDS).map_err(db_err)?;
+        let grants = txn.open_table(GRANTS).map_err(db_err)?;
+        let until = format!("{:020}/\u{7f}", now_ms.max(0));
+        let mut out = Vec::new();
+        for entry in ends.range(..until.as_str()).map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            let Some((_, id)) = key.value().split_once('/') else { continue };
+            if let Some(v) = grants.get(id).map_err(db_err)? {
+                out.push(decode(id, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_grant_end(&self) -> StoreResult<Option<i64>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let ends = txn.open_table(GRANT_ENDS).map_err(db_err)?;
+        let first = ends.first().map_err(db_err)?;
+        Ok(first.and_then(|(k, _)| k.value().split_once('/').and_then(|(ms, _)| ms.parse().ok())))
+    }
+
+    fn upsert_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        self.put(SESSIONS, &session.id, session)
+    }
+
+    fn sessions(&self, limit: usize) -> StoreResult<Vec<SessionRecord>> {
+        let mut all: Vec<SessionRecord> = self.all(SESSIONS)?;
+        all.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    fn upsert_recording(&self, recording: &RecordingRecord) -> StoreResult<()> {
+        self.put(RECORDINGS, &recording.id, recording)
+    }
+
+    fn recording(&self, id: &str) -> StoreResult<Option<RecordingRecord>> {
+        self.get(RECORDINGS, id)
+    }
+
+    fn recordings(&self, limit: usize) -> StoreResult<Vec<RecordingRecord>> {
+        let mut all: Vec<RecordingRecord> = self.all(RECORDINGS)?;
+        all.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    fn pinned_host_key(&self, target: &str) -> StoreResult<Option<String>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(HOST_KEYS).map_err(db_err)?;
+        Ok(table.get(target).map_err(db_err)?.map(|v| v.value().to_string()))
+    }
+
+    fn pin_host_key(&self, target: &str, key: &str) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(HOST_KEYS).map_err(db_err)?;
+            if let Some(existing) = table.get(target).map_err(db_err)? {
+                if existing.value() != key {
+                    return Err(StoreError::Conflict(format!("a different host key is recorded for {target}")));
+                }
+            }
+            table.insert(target, key).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn append_audit(&self, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut table = txn.open_table(AUDIT).map_err(db_err)?;
+            let (seq, prev_hash) = match table.last().map_err(db_err)? {
+                Some((k, v)) => {
+                    let prev: AuditRecord = decode(&k.value().to_string(), v.value())?;
+                    (k.value() + 1, prev.hash)
+                }
+                None => (1, AUDIT_GENESIS.to_string()),
+            };
+            let hash = audit_hash(seq, at_ms, event.kind, &event.actor, event.target.as_deref(), &event.details, &prev_hash);
+            let record = AuditRecord {
+                seq,
+                at_ms,
+                kind: event.kind.to_string(),
+                actor: event.actor.clone(),
+                target: event.target.clone(),
+                details: event.details.clone(),
+                prev_hash,
+                hash,
+            };
+            table.insert(seq, encode(&record)?.as_slice()).map_err(db_err)?;
+            record
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(record)
+    }
+
+    fn audit_records(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.range(from_seq..).map_err(db_err)?.take(limit) {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(decode(&k.value().to_string(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, user: &str, end: i64) -> Grant {
+        Grant {
+            id: id.into(),
+            user: user.into(),
+            target: "vm1".into(),
+            protocol: Protocol::Ssh,
+            logins: vec!["admin".into()],
+            port_forwarding: false,
+            not_before_ms: 0,
+            expires_at_ms: end,
+            reason: "r".into(),
+            created_by: "root".into(),
+            created_at_ms: end,
+            request_id: None,
+            approved_by: vec![],
+            revocation: None,
+            ended_ms: None,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, RedbStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("state/gateway.redb")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn grants_index_by_user_and_end() {
+        let (_dir, store) = open();
+        store.insert_grant(&grant("g-1", "alice@example.test", 1000)).unwrap();
+        store.insert_grant(&grant("g-2", "Alice@Example.test", 3000)).unwrap();
+        store.insert_grant(&grant("g-3", "bob@example.test", 2000)).unwrap();
+        assert!(matches!(store.insert_grant(&grant("g-1", "x", 1)), Err(StoreError::Conflict(_))));
+
+        let alice: Vec<String> = store.grants_for_user("alice@example.test").unwrap().into_iter().map(|g| g.id).collect();
+        assert_eq!(alice, ["g-2", "g-1"]);
+        assert_eq!(store.next_grant_end().unwrap(), Some(1000));
+        let due: Vec<String> = store.grants_due(2000).unwrap().into_iter().map(|g| g.id).collect();
+        assert_eq!(due, ["g-1", "g-3"]);
+
+        // Revoking moves the grant's end; processing it removes it from the index.
+        let g = store
+            .update_grant("g-2", &mut |g| {
+                g.revocation = Some(Revocation { at_ms: 500, by: "root".into(), reason: "done".into() });
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(g.status(600), GrantStatus::Revoked);
+        assert_eq!(store.next_grant_end().unwrap(), Some(500));
+        store.update_grant("g-2", &mut |g| {
+            g.ended_ms = Some(600);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(store.next_grant_end().unwrap(), Some(1000));
+        assert!(matches!(store.update_grant("nope", &mut |_| Ok(())), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn audit_records_form_a_chain() {
+        let (_dir, store) = open();
+        let a = store.append_audit(&AuditEvent::new("grant.created", "root", serde_json::json!({"grant": "g-1"})), 10).unwrap();
+        let b = store.append_audit(&AuditEvent::new("grant.revoked", "root", serde_json::json!({"grant": "g-1"})).on("vm1"), 20).unwrap();
+        assert_eq!((a.seq, b.seq), (1, 2));
+        assert_eq!(a.prev_hash, AUDIT_GENESIS);
+        assert_eq!(b.prev_hash, a.hash);
+        assert_eq!(b.hash, audit_hash(2, 20, "grant.revoked", "root", Some("vm1"), &b.details, &a.hash));
+        assert_eq!(store.audit_records(2, 10).unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn host_keys_are_pinned_once() {
+        let (_dir, store) = open();
+        assert_eq!(store.pinned_host_key("vm1").unwrap(), None);
+        store.pin_host_key("vm1", "ssh-ed25519 AAA").unwrap();
+        store.pin_host_key("vm1", "ssh-ed25519 AAA").unwrap();
+        assert!(store.pin_host_key("vm1", "ssh-ed25519 BBB").is_err());
+        assert_eq!(store.pinned_host_key("vm1").unwrap().as_deref(), Some("ssh-ed25519 AAA"));
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            store.insert_grant(&grant("g-1", "alice@example.test", 1000)).unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert!(store.grant("g-1").unwrap().is_some());
+    }
+}
