@@ -114,6 +114,14 @@ pub fn check_login(grants: &[Grant], user: &str, target: &str, protocol: Protoco
         })
 }
 
+/// A login name as SSH and RDP targets accept them (POSIX names, `DOMAIN$`-free Windows names).
+pub fn valid_login(login: &str) -> bool {
+    !login.is_empty()
+        && login.len() <= 64
+        && !login.starts_with('-')
+        && login.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'$'))
+}
+
 /// May a session under `permit` open a `-L` forward?
 pub fn check_forwarding(permit: &Permit) -> Result<(), Denied> {
     if permit.port_forwarding { Ok(()) } else { Err(Denied::ForwardingNotAllowed { target: permit.target.clone() }) }

@@ -14,11 +14,16 @@
 //! - `replay`: the terminal player.
 
 pub mod access;
+pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod gateway;
 pub mod ids;
 pub mod keys;
 pub mod oidc;
 pub mod recording;
+pub mod replay;
 pub mod secret;
+pub mod sessions;
+pub mod ssh;
 pub mod store;

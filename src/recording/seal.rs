@@ -83,7 +83,14 @@ pub async fn write_manifest(keys: &KeyMaterial, recording: &Path, record: &Recor
     let signature = keys.sign(&signed_text(&manifest))?;
     let text = serde_json::to_string_pretty(&SignedManifest { manifest, signature }).unwrap_or_default();
     let path = manifest_path(recording);
-    tokio::fs::write(&path, text).await.map_err(|source| SealError::Io { path, source })
+    let write = |path: &Path| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    write(&path).map_err(|source| SealError::Io { path, source })
 }
 
 /// Checks a recording against its manifest and the manifest's signature.

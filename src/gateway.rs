@@ -1,0 +1,123 @@
+//! The running gateway: everything a connection needs, built once, and the
+//! `run` entry point shared by `main` and the tests. `run` takes bound
+//! listeners and a shutdown token, so tests bind port 0 and stop cleanly.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::keys::KeyMaterial;
+use crate::oidc::OidcClient;
+use crate::recording::RecordingService;
+use crate::sessions::{GrantEnforcer, SessionRegistry};
+use crate::store::{AuditEvent, RedbStore, SharedStore, blocking};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Oidc(#[from] crate::oidc::OidcError),
+    #[error("recordings directory: {0}")]
+    Recordings(std::io::Error),
+    #[error("admin socket {path}: {message}")]
+    Admin { path: String, message: String },
+}
+
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub keys: Arc<KeyMaterial>,
+    pub store: SharedStore,
+    pub clock: SharedClock,
+    pub oidc: Arc<OidcClient>,
+    pub sessions: Arc<SessionRegistry>,
+    pub recordings: Arc<RecordingService>,
+    pub enforcer: Arc<GrantEnforcer>,
+    /// Device-flow sign-ins waiting for approval.
+    pub sign_ins: Arc<Semaphore>,
+    /// The outer SSH server's configuration (host key, algorithms, limits).
+    pub outer_ssh: Arc<russh::server::Config>,
+}
+
+impl Gateway {
+    /// Opens the state directory, store and keys. Nothing listens yet.
+    pub fn open(config: Config, clock: SharedClock) -> Result<Arc<Gateway>, StartError> {
+        let state = &config.gateway.state_dir;
+        let state_err = |source| StartError::StateDir { path: state.display().to_string(), source };
+        std::fs::create_dir_all(state).map_err(state_err)?;
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
+        let keys = Arc::new(KeyMaterial::load_or_generate(&config.gateway.certs_dir)?);
+        let store: SharedStore = Arc::new(RedbStore::open(&state.join("gateway.redb"))?);
+        let oidc = Arc::new(OidcClient::new(&config.oidc, Arc::clone(&clock))?);
+        let sessions = SessionRegistry::new();
+        let recordings = Arc::new(
+            RecordingService::new(config.recording.clone(), Arc::clone(&store), Arc::clone(&keys), Arc::clone(&clock))
+                .map_err(StartError::Recordings)?,
+        );
+        let enforcer = GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions));
+        let outer_ssh = Arc::new(crate::ssh::outer_config(&config, &keys));
+        Ok(Arc::new(Gateway {
+            sign_ins: Arc::new(Semaphore::new(config.ssh.max_pending_sign_ins)),
+            config: Arc::new(config),
+            keys,
+            store,
+            clock,
+            oidc,
+            sessions,
+            recordings,
+            enforcer,
+            outer_ssh,
+        }))
+    }
+
+    /// Appends to the audit log; a failure is logged, never hidden.
+    pub async fn audit(&self, event: AuditEvent) {
+        let now = self.clock.now_ms();
+        let kind = event.kind;
+        if let Err(e) = blocking(&self.store, move |s| s.append_audit(&event, now).map(|_| ())).await {
+            tracing::error!(event = kind, error = %e, "cannot write audit record");
+        }
+    }
+}
+
+pub struct Listeners {
+    pub ssh: TcpListener,
+}
+
+/// Serves until `shutdown` is cancelled, then ends sessions (telling users),
+/// seals recordings and returns.
+pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
+    let admin = crate::admin::bind(&gateway.config.admin_socket())
+        .map_err(|e| StartError::Admin { path: gateway.config.admin_socket().display().to_string(), message: e.to_string() })?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
+    tasks.spawn(crate::admin::serve(Arc::clone(&gateway), admin, shutdown.clone()));
+    tasks.spawn(crate::ssh::serve(Arc::clone(&gateway), listeners.ssh, shutdown.clone()));
+    tracing::info!(
+        ssh = %gateway.config.ssh.listen,
+        admin = %gateway.config.admin_socket().display(),
+        targets = gateway.config.targets.len(),
+        "jit-gateway is running"
+    );
+    gateway.audit(AuditEvent::new("gateway.started", "jit-gateway", serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))).await;
+
+    shutdown.cancelled().await;
+    let live = gateway.sessions.end_all("the gateway is shutting down");
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), gateway.recordings.drain()).await;
+    gateway.audit(AuditEvent::new("gateway.stopped", "jit-gateway", serde_json::json!({"sessions_ended": live}))).await;
+    let _ = std::fs::remove_file(gateway.config.admin_socket());
+    tracing::info!(sessions_ended = live, "jit-gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! SSH through the gateway (`ssh -J gateway user@target`).
+//!
+//! - `outer`: the server users connect to. Signs them in (bound key, or
+//!   keyboard-interactive + OIDC device flow) and answers `direct-tcpip`
+//!   only for inventory targets the person holds a live grant for.
+//! - `inner`: an SSH server run on each accepted channel, presenting a host
+//!   certificate for the target name; it checks the login against the grant
+//!   and connects `upstream`.
+//! - `upstream`: the client toward the VM, with a short-lived user
+//!   certificate and a verified host key.
+//! - `relay`: moves each channel between inner and upstream, recording it.
+//!
+//! russh callbacks stay thin: they decide and reply, and all waiting on the
+//! network happens in spawned tasks, so no session loop ever blocks on another.
+
+mod inner;
+mod killable;
+mod outer;
+mod relay;
+mod signin;
+mod upstream;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::keys::KeyMaterial;
+
+pub use killable::Killable;
+
+/// AES-GCM first: with AES-NI it costs a fraction of ChaCha20-Poly1305, and
+/// the gateway encrypts every byte three times (client, inner, upstream).
+const CIPHERS: &[cipher::Name] = &[
+    cipher::AES_128_GCM,
+    cipher::AES_256_GCM,
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_CTR,
+    cipher::AES_128_CTR,
+];
+
+pub(crate) fn preferred() -> Preferred {
+    Preferred {
+        cipher: Cow::Borrowed(CIPHERS),
+        compression: Cow::Borrowed(&[russh::compression::NONE]),
+        ..Preferred::default()
+    }
+}
+
+fn server_id() -> SshId {
+    SshId::Standard(Cow::Borrowed(concat!("SSH-2.0-jit-gateway_", env!("CARGO_PKG_VERSION"))))
+}
+
+/// The server users connect to.
+pub fn outer_config(config: &Config, keys: &KeyMaterial) -> russh::server::Config {
+    russh::server::Config {
+        server_id: server_id(),
+        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
+        // OpenSSH probes with `none` first; answering at once saves a second per connection.
+        auth_rejection_time: Duration::from_millis(100),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![keys.host_key.clone()],
+        // A shell left idle for hours is normal; dead peers are found by keepalives instead.
+        inactivity_timeout: None,
+        keepalive_interval: Some(config.ssh.keepalive_interval),
+        keepalive_max: 3,
+        max_auth_attempts: 12,
+        nodelay: true,
+        preferred: preferred(),
+        ..Default::default()
+    }
+}
+
+/// The server run inside a `direct-tcpip` channel, for one target.
+fn inner_config(config: &Config, host_key: russh::keys::PrivateKey, certificate: russh::keys::Certificate) -> russh::server::Config {
+    russh::server::Config {
+        server_id: server_id(),
+        methods: MethodSet::from(&[MethodKind::None, MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),
+        auth_rejection_time: Duration::from_millis(100),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        certificates: vec![certificate],
+        inactivity_timeout: None,
+        keepalive_interval: Some(config.ssh.keepalive_interval),
+        keepalive_max: 3,
+        preferred: preferred(),
+        ..Default::default()
+    }
+}
+
+/// Accepts connections until `shutdown`, never more than
+/// `ssh.max_unauthenticated` of them signing in at once.
+pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+    let unauthenticated = Arc::new(Semaphore::new(gateway.config.ssh.max_unauthenticated));
+    let connections = TaskTracker::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let Ok(permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many connections signing in; dropping one");
+                        continue;
+                    };
+                    let _ = socket.set_nodelay(true);
+                    connections.spawn(outer::handle_connection(Arc::clone(&gateway), socket, peer, permit, shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(4), connections.wait()).await;
+}
