@@ -131,11 +131,10 @@ impl OidcClient {
     /// `refresh` is set (an unknown key), at most every 30 seconds.
     async fn provider(&self, refresh: bool) -> Result<Arc<Discovered>, OidcError> {
         let mut slot = self.discovered.lock().await;
-        if let Some(d) = slot.as_ref() {
-            if !refresh || d.fetched.elapsed() < REDISCOVERY_MIN_INTERVAL {
+        if let Some(d) = slot.as_ref()
+            && (!refresh || d.fetched.elapsed() < REDISCOVERY_MIN_INTERVAL) {
                 return Ok(Arc::clone(d));
             }
-        }
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| OidcError::Config(e.to_string()))?;
         let metadata = Metadata::discover_async(issuer, &self.http)
             .await

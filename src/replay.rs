@@ -5,7 +5,7 @@
 //! stderr in order, with the command line and exit status around them; sftp
 //! recordings print the file operations.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,8 +38,8 @@ pub fn resolve(arg: &str, dir: Option<&Path>) -> Result<PathBuf, ReplayError> {
     if direct.is_file() {
         return Ok(direct);
     }
-    if crate::ids::looks_like(arg, "r") {
-        if let Some(dir) = dir {
+    if crate::ids::looks_like(arg, "r")
+        && let Some(dir) = dir {
             for ext in ["cast", "exec.gz", "sftp.jsonl"] {
                 let p = dir.join(format!("{arg}.{ext}"));
                 if p.is_file() {
@@ -47,7 +47,6 @@ pub fn resolve(arg: &str, dir: Option<&Path>) -> Result<PathBuf, ReplayError> {
                 }
             }
         }
-    }
     Err(ReplayError::NotFound(arg.to_string()))
 }
 
@@ -141,7 +140,5 @@ pub fn replay(path: &Path, options: &ReplayOptions, out: &mut dyn Write, err: &m
         }
         return Ok(());
     }
-    let mut probe = [0u8; 1];
-    std::fs::File::open(path)?.read(&mut probe)?;
     Err(bad("not a jit-gateway recording (.cast, .exec.gz or .sftp.jsonl)".into()))
 }

@@ -132,7 +132,7 @@ impl SessionRegistry {
     pub fn list(&self) -> Vec<LiveSession> {
         let Ok(live) = self.live.lock() else { return Vec::new() };
         let mut out: Vec<LiveSession> = live.values().map(|e| e.info.clone()).collect();
-        out.sort_by(|a, b| a.started_ms.cmp(&b.started_ms));
+        out.sort_by_key(|a| a.started_ms);
         out
     }
 }

@@ -251,11 +251,10 @@ impl SftpTracker {
                 _ => return,
             },
             msg::WRITE => {
-                if let (Some(h), Some(offset), Some(data)) = (r.string(), r.u64(), r.string()) {
-                    if let Some(f) = self.files.get_mut(h) {
+                if let (Some(h), Some(offset), Some(data)) = (r.string(), r.u64(), r.string())
+                    && let Some(f) = self.files.get_mut(h) {
                         f.written.add(offset, data);
                     }
-                }
                 return;
             }
             msg::SETSTAT => simple("setstat", r.text().unwrap_or_default(), None),

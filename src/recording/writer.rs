@@ -85,12 +85,11 @@ pub(super) async fn run(job: Job) {
                     Event::ExitSignal { name } => format.exit_signal(&name),
                 }
                 audit_file_events(&store, &clock, &record, format.take_file_events()).await;
-                if out.pending.len() >= BATCH {
-                    if let Err(e) = out.write_out().await {
+                if out.pending.len() >= BATCH
+                    && let Err(e) = out.write_out().await {
                         error = Some(e.to_string());
                         break;
                     }
-                }
             }
             _ = tick.tick() => {
                 format.flush(&mut out.pending);
@@ -110,11 +109,10 @@ pub(super) async fn run(job: Job) {
     let ended_ms = clock.now_ms();
     let summary = format.finish(ended_ms, &mut out.pending);
     audit_file_events(&store, &clock, &record, format.take_file_events()).await;
-    if error.is_none() {
-        if let Err(e) = out.write_out().await {
+    if error.is_none()
+        && let Err(e) = out.write_out().await {
             error = Some(e.to_string());
         }
-    }
     let _ = out.file.sync_all().await;
 
     let mut record = record.clone();

@@ -137,12 +137,11 @@ pub async fn session_channel(
             let _ = up_tx.close().await;
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut target_to_client).await;
         }
-        reason = ctx.end.ended() => tell_user(&in_tx, &state, &reason).await,
-        failure = &mut recording_failed => {
-            let reason = format!("{failure}; the session was ended (recording is required)");
-            ctx.end.end(reason.clone());
-            tell_user(&in_tx, &state, &reason).await;
-        }
+        _ = ctx.end.ended() => {}
+        failure = &mut recording_failed => ctx.end.end(recording_required(&failure)),
+    }
+    if ctx.end.is_ended() {
+        tell_user(&in_tx, &state, &ctx.end.reason()).await;
     }
     let _ = up_tx.close().await;
     let _ = in_tx.eof().await;
@@ -163,11 +162,21 @@ async fn tell_user(in_tx: &ChannelWriteHalf<russh::server::Msg>, state: &SharedS
     }
 }
 
-async fn record(state: &SharedState, stream: Stream, data: &Bytes) -> bool {
+fn recording_required(failure: &crate::recording::RecordingFailed) -> String {
+    format!("{failure}; the session was ended because recording is required")
+}
+
+/// Hands a chunk to the recorder; when the recording has failed (and is
+/// required), ends the session and returns false.
+async fn record(state: &SharedState, ctx: &ChannelCtx, stream: Stream, data: &Bytes) -> bool {
     let recorder = lock(state).recorder.clone();
-    match recorder {
-        Some(r) => r.data(stream, data).await.is_ok(),
-        None => true,
+    let Some(r) = recorder else { return true };
+    match r.data(stream, data).await {
+        Ok(()) => true,
+        Err(failure) => {
+            ctx.end.end(recording_required(&failure));
+            false
+        }
     }
 }
 
@@ -195,7 +204,11 @@ async fn start_recording(state: &SharedState, ctx: &ChannelCtx, kind: RecordingK
         }
         Err(e) => {
             tracing::error!(session = %ctx.session_id, error = %e, "cannot start recording");
-            !ctx.gateway.config.recording.fail_closed
+            if ctx.gateway.config.recording.fail_closed {
+                ctx.end.end("the session recording could not be started; the session was ended because recording is required");
+                return false;
+            }
+            true
         }
     }
 }
@@ -205,7 +218,7 @@ async fn client_message(msg: ChannelMsg, up: &ChannelWriteHalf<russh::client::Ms
     let ssh = &ctx.gateway.config.ssh;
     let sent = match msg {
         ChannelMsg::Data { data } => {
-            if !record(state, Stream::Input, &data).await {
+            if !record(state, ctx, Stream::Input, &data).await {
                 return false;
             }
             up.data_bytes(data).await
@@ -295,13 +308,13 @@ async fn target_message(
 ) -> bool {
     let sent = match msg {
         ChannelMsg::Data { data } => {
-            if !record(state, Stream::Output, &data).await {
+            if !record(state, ctx, Stream::Output, &data).await {
                 return false;
             }
             inner.data_bytes(data).await
         }
         ChannelMsg::ExtendedData { data, ext } => {
-            if ext == 1 && !record(state, Stream::Stderr, &data).await {
+            if ext == 1 && !record(state, ctx, Stream::Stderr, &data).await {
                 return false;
             }
             inner.extended_data_bytes(ext, data).await

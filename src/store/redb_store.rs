@@ -185,7 +185,7 @@ impl Store for RedbStore {
                 out.push(decode(id, v.value())?);
             }
         }
-        out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        out.sort_by_key(|g| std::cmp::Reverse(g.created_at_ms));
         Ok(out)
     }
 
@@ -197,7 +197,7 @@ impl Store for RedbStore {
         if let Some(target) = &filter.target {
             all.retain(|g| &g.target == target);
         }
-        all.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        all.sort_by_key(|g| std::cmp::Reverse(g.created_at_ms));
         Ok(all)
     }
 
@@ -230,7 +230,7 @@ impl Store for RedbStore {
 
     fn sessions(&self, limit: usize) -> StoreResult<Vec<SessionRecord>> {
         let mut all: Vec<SessionRecord> = self.all(SESSIONS)?;
-        all.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+        all.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
         all.truncate(limit);
         Ok(all)
     }
@@ -245,7 +245,7 @@ impl Store for RedbStore {
 
     fn recordings(&self, limit: usize) -> StoreResult<Vec<RecordingRecord>> {
         let mut all: Vec<RecordingRecord> = self.all(RECORDINGS)?;
-        all.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+        all.sort_by_key(|r| std::cmp::Reverse(r.started_ms));
         all.truncate(limit);
         Ok(all)
     }
@@ -260,11 +260,10 @@ impl Store for RedbStore {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(HOST_KEYS).map_err(db_err)?;
-            if let Some(existing) = table.get(target).map_err(db_err)? {
-                if existing.value() != key {
+            if let Some(existing) = table.get(target).map_err(db_err)?
+                && existing.value() != key {
                     return Err(StoreError::Conflict(format!("a different host key is recorded for {target}")));
                 }
-            }
             table.insert(target, key).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)

@@ -1,0 +1,176 @@
+//! Signing in: the device flow through keyboard-interactive, key binding, and
+//! tokens that must be refused.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jit_gateway::clock::ManualClock;
+use jit_gateway::oidc::OidcClient;
+use jit_gateway::store::blocking;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{self, Client, Gw, GwOptions, LOGIN, Provider, Sshd, text};
+
+struct SignInWorld {
+    provider: Provider,
+    gw: Gw,
+    _sshd: Sshd,
+}
+
+async fn sign_in_world(rogue_keys: bool) -> Option<SignInWorld> {
+    if !support::need("ssh") || !support::need("/usr/sbin/sshd") {
+        return None;
+    }
+    let provider = Provider::start()?;
+    if rogue_keys {
+        // Before the gateway's first look at the provider's keys.
+        provider.rogue_keys(true).await;
+    }
+    let prepared = support::prepare();
+    let sshd = Sshd::start(&prepared.target_ca);
+    let options = GwOptions { issuer: provider.issuer.clone(), sshd_port: Some(sshd.port), ..Default::default() };
+    let gw = Gw::start(prepared, options).await;
+    gw.grant("alice@example.test", "vm1", &[LOGIN], Duration::from_secs(3600)).await;
+    Some(SignInWorld { provider, gw, _sshd: sshd })
+}
+
+/// Runs `ssh -J` with no terminal, approves (or denies) the code it prints as
+/// `approver`, and returns the finished process output.
+async fn ssh_with_device_flow(client: &Client, provider: &Provider, approver: &str, deny: bool) -> (std::process::Output, String) {
+    let destination = format!("{LOGIN}@vm1");
+    let mut child = tokio::process::Command::new("setsid")
+        .arg("ssh")
+        .arg("-F")
+        .arg(&client.config)
+        .args(["-o", "BatchMode=no", "-J", "jit-gateway", &destination, "echo signed-in-ok"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut shown = String::new();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            shown.push_str(&line);
+            shown.push('\n');
+            if let Some(at) = line.find("user_code=") {
+                return line[at + 10..].split_whitespace().next().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the sign-in instructions appear")
+    .expect("a user code in the instructions");
+    assert!(provider.approve(approver, &code, deny).await, "approving {code}");
+    let rest = tokio::spawn(async move {
+        let mut more = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            more.push_str(&line);
+            more.push('\n');
+        }
+        more
+    });
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("ssh finishes").unwrap();
+    shown.push_str(&rest.await.unwrap());
+    (output, shown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_connection_signs_in_with_the_device_flow_and_the_next_is_silent() {
+    let Some(w) = sign_in_world(false).await else { return };
+    let alice = Client::new(&w.gw, "alice", "");
+
+    let (out, shown) = ssh_with_device_flow(&alice, &w.provider, "alice", false).await;
+    assert!(shown.contains("http://127.0.0.1:") && shown.contains("/device?user_code="), "instructions show the URL: {shown}");
+    assert_eq!(text(&out.stdout).trim(), "signed-in-ok", "stderr: {shown}");
+    assert!(out.status.success());
+
+    // The key is now bound: batch mode (no keyboard-interactive possible) gets in.
+    let again = alice.exec("vm1", "echo silent-ok", None).await;
+    assert_eq!(text(&again.stdout).trim(), "silent-ok", "{}", text(&again.stderr));
+    assert!(!text(&again.stderr).contains("user_code"), "no second sign-in");
+
+    let fp = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
+    let binding = blocking(&w.gw.gateway.store, move |s| s.key_binding(&fp)).await.unwrap().expect("key bound");
+    assert_eq!(binding.user, "alice@example.test");
+    let ttl = binding.expires_at_ms - binding.bound_at_ms;
+    assert_eq!(ttl, 12 * 3600 * 1000, "default binding lifetime is 12h");
+    let audit = blocking(&w.gw.gateway.store, |s| s.audit_records(1, 1000)).await.unwrap();
+    assert!(audit.iter().any(|r| r.kind == "signin.device-flow" && r.actor == "alice@example.test"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_sign_in_is_refused_with_a_reason() {
+    let Some(w) = sign_in_world(false).await else { return };
+    let alice = Client::new(&w.gw, "alice", "");
+    let (out, shown) = ssh_with_device_flow(&alice, &w.provider, "alice", true).await;
+    assert!(!out.status.success());
+    assert!(shown.contains("Sign-in failed: sign-in was denied"), "{shown}");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_as_someone_else_than_the_ssh_user_is_refused() {
+    let Some(w) = sign_in_world(false).await else { return };
+    let bob_name = Client::new(&w.gw, "bob", "");
+    let (out, shown) = ssh_with_device_flow(&bob_name, &w.provider, "alice", false).await;
+    assert!(!out.status.success());
+    assert!(shown.contains("you signed in as alice@example.test, but connected as `bob`"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_with_a_bad_signature_is_refused() {
+    let Some(w) = sign_in_world(true).await else { return };
+    let alice = Client::new(&w.gw, "alice", "");
+    let (out, shown) = ssh_with_device_flow(&alice, &w.provider, "alice", false).await;
+    assert!(!out.status.success());
+    assert!(shown.contains("ID token rejected: signature does not verify"), "{shown}");
+    let fp = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
+    assert!(blocking(&w.gw.gateway.store, move |s| s.key_binding(&fp)).await.unwrap().is_none(), "nothing bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_tokens_for_another_audience_or_past_their_expiry_are_refused() {
+    let Some(provider) = Provider::start() else { return };
+    let config: jit_gateway::config::OidcConfig = toml::from_str(&format!(
+        "issuer = \"{}\"\nclient_id = \"jit-gateway\"\nallow_insecure_loopback_issuer = true\nclock_skew = \"0s\"",
+        provider.issuer
+    ))
+    .unwrap();
+    let clock = ManualClock::starting_now();
+    let oidc = OidcClient::new(&config, clock.clone()).unwrap();
+
+    let good = provider.id_token("jit-gateway", "jit-gateway-secret", "alice").await;
+    let who = oidc.verify_id_token(&good, None).await.expect("a real token for us verifies");
+    assert_eq!(who.user, "alice@example.test");
+    assert_eq!(who.groups, ["ops"]);
+
+    let other = provider.id_token("other-app", "other-app-secret", "alice").await;
+    let err = oidc.verify_id_token(&other, None).await.unwrap_err().to_string();
+    assert!(err.contains("wrong audience"), "{err}");
+
+    // Flip one character of the payload: the signature no longer covers it.
+    let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+    let flipped = if parts[1].ends_with('A') { 'B' } else { 'A' };
+    parts[1].pop();
+    parts[1].push(flipped);
+    let err = oidc.verify_id_token(&parts.join("."), None).await.unwrap_err().to_string();
+    assert!(err.contains("ID token rejected"), "{err}");
+
+    let short = provider.id_token("short-lived", "short-lived-secret", "alice").await;
+    let short_config: jit_gateway::config::OidcConfig = toml::from_str(&format!(
+        "issuer = \"{}\"\nclient_id = \"short-lived\"\nallow_insecure_loopback_issuer = true\nclock_skew = \"0s\"",
+        provider.issuer
+    ))
+    .unwrap();
+    let short_oidc = OidcClient::new(&short_config, clock.clone()).unwrap();
+    short_oidc.verify_id_token(&short, None).await.expect("fresh short-lived token verifies");
+    clock.advance(Duration::from_secs(3));
+    let err = short_oidc.verify_id_token(&short, None).await.unwrap_err().to_string();
+    assert!(err.contains("expired"), "{err}");
+    drop(Arc::new(()));
+}

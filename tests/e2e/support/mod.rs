@@ -1,0 +1,382 @@
+//! Test support: real peers on loopback.
+//!
+//! - `Provider`: the oidc-provider fixture (tests/oidc), started per test on port 0.
+//! - `Sshd`: a real OpenSSH server on a free port, trusting the gateway's target CA.
+//! - `Gw`: the gateway in-process, on port 0, with its own state, certs and recordings.
+//! - `Client`: an OpenSSH client configuration (`ssh -F`) with its own key.
+//!
+//! Peers that are not installed make a test skip with a message, except under
+//! `CI=true`, where they make it fail.
+
+#![allow(dead_code)]
+
+pub mod peers;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jit_gateway::admin::{self, protocol::Request};
+use jit_gateway::clock::{Clock, SystemClock};
+use jit_gateway::config::Config;
+use jit_gateway::gateway::{Gateway, Listeners};
+use jit_gateway::store::{Identity, KeyBinding, Protocol, blocking};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+pub use peers::{Provider, Sshd};
+
+/// The login used on test targets (an account the support code makes sure exists).
+pub const LOGIN: &str = "admin";
+
+pub fn ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// True when `program` can run; otherwise skip (or fail under CI).
+pub fn need(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+        .unwrap_or(false)
+        || Path::new(program).is_file();
+    if !found {
+        if ci() {
+            panic!("{program} is required for this test (CI=true): run .ci/run or install it");
+        }
+        eprintln!("skipping: {program} is not installed");
+    }
+    found
+}
+
+#[macro_export]
+macro_rules! require {
+    ($($program:expr),+) => {
+        $( if !$crate::support::need($program) { return; } )+
+    };
+}
+
+/// Makes sure the Unix account the tests log in as exists and may log in with a certificate.
+pub fn ensure_login_account() {
+    let exists = std::process::Command::new("id").arg(LOGIN).output().map(|o| o.status.success()).unwrap_or(false);
+    if !exists {
+        let status = std::process::Command::new("useradd").args(["-m", "-s", "/bin/bash", LOGIN]).status();
+        assert!(matches!(status, Ok(s) if s.success()), "cannot create the test account `{LOGIN}` (run the tests as root)");
+    }
+    // A locked account (`!` password) is refused by sshd even with a certificate; `*` is not locked.
+    let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    let locked = shadow.lines().any(|l| l.starts_with(&format!("{LOGIN}:!")));
+    if locked {
+        let _ = std::process::Command::new("usermod").args(["-p", "*", LOGIN]).status();
+    }
+}
+
+pub struct GwOptions {
+    pub issuer: String,
+    /// Extra TOML appended to the generated configuration.
+    pub extra: String,
+    /// `[targets.*]` blocks; `vm1` pointing at `sshd_port` is added when set.
+    pub sshd_port: Option<u16>,
+    pub vm1_host_key: Option<String>,
+    /// Extra lines for the `[ssh]` table.
+    pub ssh_extra: String,
+}
+
+impl Default for GwOptions {
+    fn default() -> Self {
+        GwOptions { issuer: "http://127.0.0.1:9".into(), extra: String::new(), sshd_port: None, vm1_host_key: None, ssh_extra: String::new() }
+    }
+}
+
+impl GwOptions {
+    pub fn with_ssh(mut self, lines: &str) -> Self {
+        self.ssh_extra.push_str(lines);
+        self.ssh_extra.push('\n');
+        self
+    }
+}
+
+/// The gateway running in this test's runtime.
+pub struct Gw {
+    pub gateway: Arc<Gateway>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _tmp: tempfile::TempDir,
+}
+
+/// A gateway's folder with its keys made, before it starts (so a target can trust its CA first).
+pub struct Prepared {
+    tmp: tempfile::TempDir,
+    pub target_ca: String,
+}
+
+pub fn prepare() -> Prepared {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys = jit_gateway::keys::KeyMaterial::load_or_generate(&tmp.path().join("certs")).expect("keys");
+    let target_ca = jit_gateway::keys::openssh_line(keys.target_ca_public());
+    Prepared { tmp, target_ca }
+}
+
+impl Gw {
+    pub async fn start(prepared: Prepared, options: GwOptions) -> Gw {
+        let tmp = prepared.tmp;
+        let dir = tmp.path().to_path_buf();
+        std::fs::write(dir.join("client_secret"), "jit-gateway-secret\n").unwrap();
+        let mut text = format!(
+            r#"
+[gateway]
+name = "jit-gateway"
+state_dir = "state"
+certs_dir = "certs"
+
+[ssh]
+listen = "127.0.0.1:0"
+keepalive_interval = "5s"
+{ssh_extra}
+
+[oidc]
+issuer = "{issuer}"
+client_id = "jit-gateway"
+client_secret_file = "client_secret"
+allow_insecure_loopback_issuer = true
+scopes = ["openid", "email", "profile", "groups"]
+
+[recording]
+dir = "recordings"
+{extra}
+"#,
+            issuer = options.issuer,
+            extra = options.extra,
+            ssh_extra = options.ssh_extra
+        );
+        if let Some(port) = options.sshd_port {
+            text.push_str(&format!("\n[targets.vm1]\naddress = \"127.0.0.1\"\nssh_port = {port}\n"));
+            if let Some(pin) = &options.vm1_host_key {
+                text.push_str(&format!("host_key = \"{pin}\"\n"));
+            }
+        }
+        let config_path = dir.join("gateway.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = Config::load(&config_path).expect("test configuration is valid");
+        Gw::start_with(config, config_path, tmp).await
+    }
+
+    async fn start_with(config: Config, config_path: PathBuf, tmp: tempfile::TempDir) -> Gw {
+        let gateway = Gateway::open(config, Arc::new(SystemClock)).expect("gateway opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let gateway = Arc::clone(&gateway);
+            let shutdown = shutdown.clone();
+            async move {
+                jit_gateway::gateway::run(gateway, Listeners { ssh: listener }, shutdown).await.expect("gateway runs");
+            }
+        });
+        // The admin socket exists once `run` is serving.
+        for _ in 0..200 {
+            if gateway.config.admin_socket().exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Gw { gateway, port, dir: tmp.path().to_path_buf(), config_path, shutdown, task: Some(task), _tmp: tmp }
+    }
+
+    /// Stops the gateway and waits for it (sessions ended, recordings sealed).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+
+    pub fn target_ca_public(&self) -> String {
+        jit_gateway::keys::openssh_line(self.gateway.keys.target_ca_public())
+    }
+
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.gateway.config.recording.dir.clone()
+    }
+
+    /// Adds a grant through the admin socket, as `jit-gateway grant add` does.
+    pub async fn grant(&self, user: &str, target: &str, logins: &[&str], duration: Duration) -> String {
+        self.grant_with(user, target, logins, duration, false).await
+    }
+
+    pub async fn grant_with(&self, user: &str, target: &str, logins: &[&str], duration: Duration, port_forwarding: bool) -> String {
+        let request = Request::GrantAdd {
+            user: user.into(),
+            target: target.into(),
+            protocol: Protocol::Ssh,
+            logins: logins.iter().map(|s| s.to_string()).collect(),
+            duration_secs: duration.as_secs().max(1),
+            starts_in_secs: 0,
+            port_forwarding,
+            reason: "integration test".into(),
+        };
+        let data = admin::call(&self.gateway.config.admin_socket(), &request).await.expect("grant add");
+        data["id"].as_str().unwrap().to_string()
+    }
+
+    /// Binds a client key to an identity, as a finished device-flow sign-in does.
+    pub async fn bind_key(&self, public_key_line: &str, user: &str, login_name: &str) {
+        let key = russh::keys::PublicKey::from_openssh(public_key_line.trim()).unwrap();
+        let now = SystemClock.now_ms();
+        let identity = Identity {
+            id: Identity::id_for("http://test-issuer", login_name),
+            issuer: "http://test-issuer".into(),
+            subject: login_name.into(),
+            user: user.into(),
+            login_name: Some(login_name.into()),
+            display_name: None,
+            groups: vec![],
+            first_seen_ms: now,
+            last_sign_in_ms: now,
+        };
+        let binding = KeyBinding {
+            fingerprint: jit_gateway::keys::fingerprint(&key),
+            identity_id: identity.id.clone(),
+            user: user.into(),
+            algorithm: key.algorithm().to_string(),
+            bound_at_ms: now,
+            expires_at_ms: now + 3_600_000,
+            client_ip: None,
+        };
+        blocking(&self.gateway.store, move |s| {
+            s.upsert_identity(&identity)?;
+            s.bind_key(&binding)
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Runs the `jit-gateway` binary against this gateway's configuration.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["--config", self.config_path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(Command::new(env!("CARGO_BIN_EXE_jit-gateway")).args(&all), None, Duration::from_secs(30)).await
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An OpenSSH client set up for one gateway: its key, config and known_hosts.
+pub struct Client {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub key: PathBuf,
+    pub public_key: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Client {
+    /// `extra_gateway_options` go into the `Host jit-gateway` block.
+    pub fn new(gw: &Gw, user: &str, extra_gateway_options: &str) -> Client {
+        let tmp = tempfile::Builder::new().prefix("c").tempdir_in("/tmp").unwrap();
+        let dir = tmp.path().to_path_buf();
+        let key = dir.join("id_ed25519");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let targets: Vec<&str> = gw.gateway.config.targets.keys().map(String::as_str).collect();
+        let known = gw.gateway.keys.known_hosts_lines("jit-gateway", targets.iter().copied());
+        std::fs::write(dir.join("known_hosts"), known).unwrap();
+        let config = dir.join("ssh_config");
+        let text = format!(
+            "Host jit-gateway\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  HostKeyAlias jit-gateway\n{extra_gateway_options}\n\
+             Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n  \
+             ConnectTimeout 10\n  ServerAliveInterval 5\n",
+            port = gw.port,
+            key = key.display(),
+            known = dir.join("known_hosts").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Client { dir, config, key, public_key, _tmp: tmp }
+    }
+
+    /// `ssh -F config <args...>` with stdin from `input` (or nothing), no terminal.
+    pub async fn ssh(&self, args: &[&str], input: Option<&[u8]>) -> std::process::Output {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(&self.config).args(args);
+        run(&mut cmd, input, Duration::from_secs(60)).await
+    }
+
+    /// The usual jump: `ssh -J jit-gateway admin@vm1 <command>`, batch mode.
+    pub async fn exec(&self, target: &str, command: &str, input: Option<&[u8]>) -> std::process::Output {
+        let destination = format!("{LOGIN}@{target}");
+        self.ssh(&["-o", "BatchMode=yes", "-J", "jit-gateway", &destination, command], input).await
+    }
+}
+
+/// Runs a command to completion with a time limit; never hangs a test.
+pub async fn run(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> std::process::Output {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&data).await;
+        });
+    }
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.expect("wait"),
+        Err(_) => panic!("command did not finish within {limit:?}: {cmd:?}"),
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Waits until `check` is true, polling, up to `limit`.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP listener that counts connections: a target nobody may reach.
+pub struct Tripwire {
+    pub port: u16,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Tripwire {
+    pub async fn start() -> Tripwire {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Tripwire { port, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
