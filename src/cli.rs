@@ -20,7 +20,13 @@ use tokio_util::sync::CancellationToken;
 pub fn init_logging(serving: bool) {
     let default = if serving { "info,russh=warn" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // A closed stderr (a log pipe that went away) must not turn every log line into a panic.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .log_internal_errors(false)
+        .try_init();
 }
 
 fn load(config: &Path) -> Result<Config> {
@@ -40,8 +46,8 @@ pub async fn serve(config_path: &Path) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
-        tracing::info!("stopping");
         stop.cancel();
+        tracing::info!("stopping");
     });
     gateway::run(gateway, Listeners { ssh }, shutdown).await?;
     Ok(())
@@ -76,6 +82,9 @@ pub struct SshConfigArgs {
     /// Leave out connection sharing (ControlMaster).
     #[arg(long)]
     no_control_master: bool,
+    /// Where ssh keeps the shared connection's socket.
+    #[arg(long, default_value = "~/.ssh/jit-gateway-%C")]
+    control_path: String,
 }
 
 pub fn ssh_config(config_path: &Path, args: SshConfigArgs) -> Result<()> {
@@ -100,7 +109,7 @@ pub fn ssh_config(config_path: &Path, args: SshConfigArgs) -> Result<()> {
     }
     out.push_str("    # Sign-in instructions appear at LogLevel INFO (the default); ERROR and QUIET hide them.\n    LogLevel INFO\n    ServerAliveInterval 30\n");
     if !args.no_control_master {
-        out.push_str("    ControlMaster auto\n    ControlPath ~/.ssh/jit-gateway-%C\n    ControlPersist 10m\n");
+        out.push_str(&format!("    ControlMaster auto\n    ControlPath {}\n    ControlPersist 10m\n", args.control_path));
     }
     if !targets.is_empty() {
         out.push_str(&format!(

@@ -276,6 +276,22 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// `a/b/../c` → `a/c`, without touching the file system (paths shown to people stay readable).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 /// A target name as users type it after `ssh -J gateway user@<name>`.
 pub fn is_valid_target_name(name: &str) -> bool {
     !name.is_empty()
@@ -309,7 +325,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = normalize(&base.join(&*p));
             }
         };
         resolve(&mut self.gateway.state_dir);
@@ -476,10 +492,26 @@ mod tests {
 
     #[test]
     fn relative_paths_follow_the_config_file() {
-        let text = format!("{MINIMAL}\n[gateway]\nstate_dir = \"state\"\ncerts_dir = \"/abs/certs\"\n");
-        let c = Config::from_toml(&text, Path::new("/srv/gw")).unwrap();
-        assert_eq!(c.gateway.state_dir, PathBuf::from("/srv/gw/state"));
+        let text = format!("{MINIMAL}\n[gateway]\nstate_dir = \"../demo/state\"\ncerts_dir = \"/abs/certs\"\n");
+        let c = Config::from_toml(&text, Path::new("/srv/gw/config")).unwrap();
+        assert_eq!(c.gateway.state_dir, PathBuf::from("/srv/gw/demo/state"));
         assert_eq!(c.gateway.certs_dir, PathBuf::from("/abs/certs"));
+    }
+
+    #[test]
+    fn every_shipped_example_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "config/ holds the example and the demo");
+        let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/gateway.toml");
+        Config::load(&compose).unwrap_or_else(|e| panic!("{}: {e}", compose.display()));
     }
 
     #[test]

@@ -49,7 +49,16 @@ struct InnerHandler {
 }
 
 /// Serves one inner connection until it closes or its session is ended.
-pub async fn serve(gateway: Arc<Gateway>, identity: Identity, target: String, channel: Channel<Msg>, peer: SocketAddr, stop: CancellationToken) {
+/// `refused` carries the reason when access was already refused (and audited).
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    identity: Identity,
+    target: String,
+    refused: Option<String>,
+    channel: Channel<Msg>,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
     let Some(target_config) = gateway.config.targets.get(&target).cloned() else { return };
     let session_id = crate::ids::new_id("s");
     let end = EndSignal::new();
@@ -72,7 +81,7 @@ pub async fn serve(gateway: Arc<Gateway>, identity: Identity, target: String, ch
         session_id,
         end: end.clone(),
         kill: kill.clone(),
-        state: State::Fresh,
+        state: refused.map_or(State::Fresh, State::Refused),
         login: String::new(),
         permit: None,
         record: Arc::clone(&record),

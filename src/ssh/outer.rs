@@ -257,18 +257,19 @@ impl russh::server::Handler for OuterHandler {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             match check_jump(&gateway, &identity, &host, port).await {
-                Ok(target) => {
+                Jump::Allowed(target) => {
                     reply.accept().await;
-                    super::inner::serve(gateway, identity, target, channel, peer, shutdown).await;
+                    super::inner::serve(gateway, identity, target, None, channel, peer, shutdown).await;
                 }
-                Err(denied) => {
-                    tracing::info!(user = %identity.user, %host, port, reason = %denied, "jump refused");
-                    gateway
-                        .audit(
-                            AuditEvent::new("access.denied", identity.user.clone(), serde_json::json!({"requested": format!("{host}:{port}"), "reason": denied.to_string(), "client_ip": peer.ip().to_string()}))
-                                .on(host.clone()),
-                        )
-                        .await;
+                Jump::Refused { target, reason } => {
+                    audit_denied(&gateway, &identity, &host, port, &reason, peer).await;
+                    // An inventory target: explain inside the connection, where the reason
+                    // survives OpenSSH connection sharing (its mux client drops open-failure texts).
+                    reply.accept().await;
+                    super::inner::serve(gateway, identity, target, Some(reason), channel, peer, shutdown).await;
+                }
+                Jump::Unknown(denied) => {
+                    audit_denied(&gateway, &identity, &host, port, &denied.to_string(), peer).await;
                     reply.reject(ChannelOpenFailure::Other { code: 1, reason: format!("jit-gateway: {denied}") }).await;
                 }
             }
@@ -281,15 +282,36 @@ impl russh::server::Handler for OuterHandler {
     }
 }
 
+enum Jump {
+    Allowed(String),
+    /// An inventory target this person may not reach now.
+    Refused { target: String, reason: String },
+    /// Not a target at all (unknown name, raw address, other port).
+    Unknown(Denied),
+}
+
 /// The target a signed-in person may jump to, or why not.
-async fn check_jump(gateway: &Gateway, identity: &Identity, host: &str, port: u32) -> Result<String, Denied> {
-    let (name, _) = access::resolve_target(&gateway.config.targets, host, port)?;
-    let name = name.to_string();
+async fn check_jump(gateway: &Gateway, identity: &Identity, host: &str, port: u32) -> Jump {
+    let name = match access::resolve_target(&gateway.config.targets, host, port) {
+        Ok((name, _)) => name.to_string(),
+        Err(denied) => return Jump::Unknown(denied),
+    };
     let user = identity.user.clone();
-    let grants = blocking(&gateway.store, move |s| s.grants_for_user(&user)).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot read grants; refusing");
-        Vec::new()
-    });
-    access::check_target(&grants, &identity.user, &name, Protocol::Ssh, gateway.clock.now_ms())?;
-    Ok(name)
+    let grants = match blocking(&gateway.store, move |s| s.grants_for_user(&user)).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read grants; refusing");
+            return Jump::Refused { target: name, reason: "the gateway cannot read grants right now; try again later".into() };
+        }
+    };
+    match access::check_target(&grants, &identity.user, &name, Protocol::Ssh, gateway.clock.now_ms()) {
+        Ok(_) => Jump::Allowed(name),
+        Err(denied) => Jump::Refused { target: name, reason: denied.to_string() },
+    }
+}
+
+async fn audit_denied(gateway: &Gateway, identity: &Identity, host: &str, port: u32, reason: &str, peer: SocketAddr) {
+    tracing::info!(user = %identity.user, %host, port, %reason, "jump refused");
+    let details = serde_json::json!({"requested": format!("{host}:{port}"), "reason": reason, "client_ip": peer.ip().to_string()});
+    gateway.audit(AuditEvent::new("access.denied", identity.user.clone(), details).on(host.to_string())).await;
 }

@@ -90,11 +90,12 @@ pub async fn bound_identity(gateway: &Gateway, key: &PublicKey, ssh_user: &str) 
     let now = gateway.clock.now_ms();
     let user = ssh_user.to_string();
     blocking(&gateway.store, move |s| {
-        let Some(binding) = s.key_binding(&fp)? else { return Ok(None) };
-        if binding.expires_at_ms <= now {
-            return Ok(None);
+        for binding in s.key_bindings(&fp)?.into_iter().filter(|b| b.expires_at_ms > now) {
+            if let Some(identity) = s.identity(&binding.identity_id)?.filter(|i| i.answers_to(&user)) {
+                return Ok(Some(identity));
+            }
         }
-        Ok(s.identity(&binding.identity_id)?.filter(|i| i.answers_to(&user)))
+        Ok(None)
     })
     .await
 }

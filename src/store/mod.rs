@@ -42,9 +42,12 @@ pub trait Store: Send + Sync + 'static {
     fn upsert_identity(&self, identity: &Identity) -> StoreResult<()>;
     fn identity(&self, id: &str) -> StoreResult<Option<Identity>>;
 
+    /// Binds a key to an identity (replacing that pair's earlier binding). One key may be
+    /// bound to several identities; the SSH user name chooses among them.
     fn bind_key(&self, binding: &KeyBinding) -> StoreResult<()>;
-    fn key_binding(&self, fingerprint: &str) -> StoreResult<Option<KeyBinding>>;
-    fn remove_key_binding(&self, fingerprint: &str) -> StoreResult<bool>;
+    fn key_bindings(&self, fingerprint: &str) -> StoreResult<Vec<KeyBinding>>;
+    /// Removes every binding of a key; returns how many there were.
+    fn remove_key_bindings(&self, fingerprint: &str) -> StoreResult<usize>;
 
     fn insert_grant(&self, grant: &Grant) -> StoreResult<()>;
     fn grant(&self, id: &str) -> StoreResult<Option<Grant>>;

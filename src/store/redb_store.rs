@@ -111,18 +111,32 @@ impl Store for RedbStore {
     }
 
     fn bind_key(&self, binding: &KeyBinding) -> StoreResult<()> {
-        self.put(KEY_BINDINGS, &binding.fingerprint, binding)
+        self.put(KEY_BINDINGS, &format!("{}\0{}", binding.fingerprint, binding.identity_id), binding)
     }
 
-    fn key_binding(&self, fingerprint: &str) -> StoreResult<Option<KeyBinding>> {
-        self.get(KEY_BINDINGS, fingerprint)
+    fn key_bindings(&self, fingerprint: &str) -> StoreResult<Vec<KeyBinding>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(KEY_BINDINGS).map_err(db_err)?;
+        let (from, to) = (format!("{fingerprint}\0"), format!("{fingerprint}\u{1}"));
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
-    fn remove_key_binding(&self, fingerprint: &str) -> StoreResult<bool> {
+    fn remove_key_bindings(&self, fingerprint: &str) -> StoreResult<usize> {
+        let keys: Vec<String> = self.key_bindings(fingerprint)?.iter().map(|b| format!("{}\0{}", b.fingerprint, b.identity_id)).collect();
         let txn = self.db.begin_write().map_err(db_err)?;
-        let removed = txn.open_table(KEY_BINDINGS).map_err(db_err)?.remove(fingerprint).map_err(db_err)?.is_some();
+        {
+            let mut table = txn.open_table(KEY_BINDINGS).map_err(db_err)?;
+            for k in &keys {
+                table.remove(k.as_str()).map_err(db_err)?;
+            }
+        }
         txn.commit().map_err(db_err)?;
-        Ok(removed)
+        Ok(keys.len())
     }
 
     fn insert_grant(&self, grant: &Grant) -> StoreResult<()> {
@@ -382,6 +396,31 @@ mod tests {
         assert_eq!(b.prev_hash, a.hash);
         assert_eq!(b.hash, audit_hash(2, 20, "grant.revoked", "root", Some("vm1"), &b.details, &a.hash));
         assert_eq!(store.audit_records(2, 10).unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn one_key_can_be_bound_to_several_identities() {
+        let (_dir, store) = open();
+        let binding = |identity: &str, user: &str| KeyBinding {
+            fingerprint: "SHA256:abc".into(),
+            identity_id: identity.into(),
+            user: user.into(),
+            algorithm: "ssh-ed25519".into(),
+            bound_at_ms: 1,
+            expires_at_ms: 2,
+            client_ip: None,
+        };
+        store.bind_key(&binding("oidc-a", "alice@example.test")).unwrap();
+        store.bind_key(&binding("oidc-b", "bob@example.test")).unwrap();
+        store.bind_key(&binding("oidc-a", "alice@example.test")).unwrap();
+        let mut other = binding("oidc-a", "alice@example.test");
+        other.fingerprint = "SHA256:abd".into();
+        store.bind_key(&other).unwrap();
+        let users: Vec<String> = store.key_bindings("SHA256:abc").unwrap().into_iter().map(|b| b.user).collect();
+        assert_eq!(users, ["alice@example.test", "bob@example.test"]);
+        assert_eq!(store.remove_key_bindings("SHA256:abc").unwrap(), 2);
+        assert!(store.key_bindings("SHA256:abc").unwrap().is_empty());
+        assert_eq!(store.key_bindings("SHA256:abd").unwrap().len(), 1);
     }
 
     #[test]

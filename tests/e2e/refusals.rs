@@ -52,6 +52,15 @@ async fn refused_requests_say_why_and_never_reach_a_target() {
     let out = carol.exec("vm2", "true", None).await;
     assert!(text(&out.stderr).contains("you (carol@example.test) have no grant for vm2"), "{}", text(&out.stderr));
 
+    // With connection sharing (ControlPersist, as `jit-gateway ssh-config` sets up), OpenSSH's
+    // mux client drops channel-open failure texts: the reason must still reach the user.
+    let control = format!("  ControlMaster auto\n  ControlPath {}/cm-%C\n  ControlPersist 10\n", carol.dir.display());
+    let shared = Client::new(&gw, "carol", &control);
+    gw.bind_key(&shared.public_key, "carol@example.test", "carol").await;
+    let out = shared.exec("vm2", "true", None).await;
+    assert!(text(&out.stderr).contains("you (carol@example.test) have no grant for vm2"), "through a shared connection: {}", text(&out.stderr));
+    let _ = shared.ssh(&["-O", "exit", "jit-gateway"], None).await;
+
     assert_eq!(vm2.hits() + vm3.hits() + raw.hits(), 0, "no connection may leave the gateway for a refused request");
     let audit = blocking(&gw.gateway.store, |s| s.audit_records(1, 1000)).await.unwrap();
     assert!(audit.iter().filter(|r| r.kind == "access.denied").count() >= 7);

@@ -95,7 +95,7 @@ async fn first_connection_signs_in_with_the_device_flow_and_the_next_is_silent()
     assert!(!text(&again.stderr).contains("user_code"), "no second sign-in");
 
     let fp = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
-    let binding = blocking(&w.gw.gateway.store, move |s| s.key_binding(&fp)).await.unwrap().expect("key bound");
+    let binding = blocking(&w.gw.gateway.store, move |s| s.key_bindings(&fp)).await.unwrap().pop().expect("key bound");
     assert_eq!(binding.user, "alice@example.test");
     let ttl = binding.expires_at_ms - binding.bound_at_ms;
     assert_eq!(ttl, 12 * 3600 * 1000, "default binding lifetime is 12h");
@@ -130,7 +130,7 @@ async fn an_id_token_with_a_bad_signature_is_refused() {
     assert!(!out.status.success());
     assert!(shown.contains("ID token rejected: signature does not verify"), "{shown}");
     let fp = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
-    assert!(blocking(&w.gw.gateway.store, move |s| s.key_binding(&fp)).await.unwrap().is_none(), "nothing bound");
+    assert!(blocking(&w.gw.gateway.store, move |s| s.key_bindings(&fp)).await.unwrap().is_empty(), "nothing bound");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
