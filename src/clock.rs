@@ -31,6 +31,10 @@ impl ManualClock {
         Arc::new(ManualClock(AtomicI64::new(SystemClock.now_ms())))
     }
 
+    pub fn starting_at(ms: i64) -> Arc<Self> {
+        Arc::new(ManualClock(AtomicI64::new(ms)))
+    }
+
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }

@@ -101,9 +101,11 @@ pub async fn serve(
         _ = &mut running => {}
         reason = end.ended() => {
             // The channel tasks tell the user; give them a moment, then hang up.
-            let _ = tokio::time::timeout(Duration::from_millis(750), &mut running).await;
-            let _ = handle.disconnect(Disconnect::ByApplication, format!("jit-gateway: {reason}"), "en".into()).await;
-            let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
+            // (A finished session future must not be polled again.)
+            if tokio::time::timeout(Duration::from_millis(750), &mut running).await.is_err() {
+                let _ = handle.disconnect(Disconnect::ByApplication, format!("jit-gateway: {reason}"), "en".into()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), &mut running).await;
+            }
         }
         _ = kill.cancelled() => {}
     }

@@ -193,6 +193,10 @@ impl russh::server::Handler for OuterHandler {
         match signin::bound_identity(&self.gateway, key.public_key, user).await {
             Ok(Some(identity)) => {
                 tracing::debug!(user = %identity.user, peer = %self.peer, "signed in with a bound key");
+                let details = serde_json::json!({
+                    "identity": identity.id, "key": crate::keys::fingerprint(key.public_key), "client_ip": self.client_ip(),
+                });
+                self.gateway.audit(AuditEvent::new("signin.key", identity.user.clone(), details)).await;
                 self.identity = Some(identity);
                 Ok(Auth::Accept)
             }

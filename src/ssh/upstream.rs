@@ -201,6 +201,30 @@ impl UpstreamHandler {
     }
 }
 
+impl UpstreamHandler {
+    /// A channel the target opens toward the user (agent, X11): opened on the
+    /// inner connection with `open` and piped, when allowed; refused otherwise.
+    async fn reverse_channel<F, Fut>(&self, allowed: bool, channel: Channel<Msg>, reply: russh::client::ChannelOpenHandle, open: F)
+    where
+        F: FnOnce(russh::server::Handle) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Channel<russh::server::Msg>, russh::Error>> + Send,
+    {
+        let Some(inner) = self.reverse.inner.get().cloned().filter(|_| allowed) else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return;
+        };
+        tokio::spawn(async move {
+            match open(inner).await {
+                Ok(client_side) => {
+                    reply.accept().await;
+                    super::relay::pipe(client_side, channel).await;
+                }
+                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+            }
+        });
+    }
+}
+
 impl russh::client::Handler for UpstreamHandler {
     type Error = russh::Error;
 
@@ -228,21 +252,8 @@ impl russh::client::Handler for UpstreamHandler {
     }
 
     async fn server_channel_open_agent_forward(&mut self, channel: Channel<Msg>, reply: russh::client::ChannelOpenHandle, _session: &mut Session) -> Result<(), Self::Error> {
-        let inner = self.reverse.inner.get().cloned();
-        match (self.reverse.allow_agent, inner) {
-            (true, Some(inner)) => {
-                tokio::spawn(async move {
-                    match inner.channel_open_agent().await {
-                        Ok(client_side) => {
-                            reply.accept().await;
-                            super::relay::pipe(client_side, channel).await;
-                        }
-                        Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-                    }
-                });
-            }
-            _ => reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await,
-        }
+        let allowed = self.reverse.allow_agent;
+        self.reverse_channel(allowed, channel, reply, |inner| async move { inner.channel_open_agent().await }).await;
         Ok(())
     }
 
@@ -254,22 +265,9 @@ impl russh::client::Handler for UpstreamHandler {
         reply: russh::client::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let inner = self.reverse.inner.get().cloned();
-        match (self.reverse.allow_x11, inner) {
-            (true, Some(inner)) => {
-                let address = originator_address.to_string();
-                tokio::spawn(async move {
-                    match inner.channel_open_x11(address, originator_port).await {
-                        Ok(client_side) => {
-                            reply.accept().await;
-                            super::relay::pipe(client_side, channel).await;
-                        }
-                        Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
-                    }
-                });
-            }
-            _ => reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await,
-        }
+        let (allowed, address) = (self.reverse.allow_x11, originator_address.to_string());
+        self.reverse_channel(allowed, channel, reply, move |inner| async move { inner.channel_open_x11(address, originator_port).await })
+            .await;
         Ok(())
     }
 

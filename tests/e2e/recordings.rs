@@ -39,7 +39,7 @@ async fn a_terminal_session_is_recorded_as_asciicast_and_replays() {
     term.send(&["echo recorded-marker-$((6*7)) ✓", "Enter"]);
     assert!(term.wait_for("recorded-marker-42", Duration::from_secs(5)).await);
     term.send(&["exit", "Enter"]);
-    assert!(eventually(Duration::from_secs(10), || term.exit_status().is_some()).await);
+    assert!(eventually(Duration::from_secs(10), || term.ended()).await, "the session ends: {}", term.screen());
 
     let rec = sealed_recordings(&w, RecordingKind::Pty, 1).await.remove(0);
     let path: PathBuf = w.gw.recordings_dir().join(&rec.file);
@@ -70,6 +70,35 @@ async fn a_terminal_session_is_recorded_as_asciicast_and_replays() {
     let verify = w.gw.cli(&["verify", &rec.id]).await;
     assert!(!verify.status.success());
     assert!(text(&verify.stderr).contains("was altered"), "{}", text(&verify.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_reaches_the_disk_within_a_second_and_keeps_input_when_configured() {
+    if !support::need("tmux") {
+        return;
+    }
+    let Some(w) = World::new("record_input = true\n").await else { return };
+    let term = Tmux::start(&interactive(&w.alice), 100, 30);
+    assert!(term.wait_for("$", Duration::from_secs(15)).await, "{}", term.screen());
+    term.send(&["echo flushed-$((40+2))", "Enter"]);
+    assert!(term.wait_for("flushed-42", Duration::from_secs(5)).await);
+    let shown_at = std::time::Instant::now();
+    let dir = w.gw.recordings_dir();
+    // While the session is still open, the output is already in the file.
+    let on_disk = eventually(Duration::from_secs(2), || {
+        std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
+            e.path().extension().is_some_and(|x| x == "cast") && std::fs::read_to_string(e.path()).unwrap_or_default().contains("flushed-42")
+        })
+    })
+    .await;
+    assert!(on_disk, "output reaches the recording while the session is live");
+    eprintln!("on disk {:?} after it was on screen", shown_at.elapsed());
+    term.send(&["exit", "Enter"]);
+    assert!(eventually(Duration::from_secs(10), || term.ended()).await, "the session ends: {}", term.screen());
+    let rec = sealed_recordings(&w, RecordingKind::Pty, 1).await.remove(0);
+    let (_, events) = asciicast::parse(&std::fs::read_to_string(w.gw.recordings_dir().join(&rec.file)).unwrap()).unwrap();
+    let typed: String = events.iter().filter(|e| e.code == "i").map(|e| e.data.as_str()).collect();
+    assert!(typed.contains("echo flushed-$((40+2))"), "keystrokes are kept with record_input: {typed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

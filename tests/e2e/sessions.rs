@@ -43,13 +43,17 @@ impl Tmux {
         self.tmux(&["resize-window", "-t", "0", "-x", &cols.to_string(), "-y", &rows.to_string()]);
     }
 
-    /// The exit status of the command, once it has ended.
+    /// Whether the command has ended.
+    pub fn ended(&self) -> bool {
+        self.tmux(&["display-message", "-p", "-t", "0", "#{pane_dead}"]).trim() == "1"
+    }
+
+    /// The exit status of the command, once it has ended and tmux knows it.
     pub fn exit_status(&self) -> Option<i32> {
-        let out = self.tmux(&["display-message", "-p", "-t", "0", "#{pane_dead} #{pane_dead_status}"]);
+        let out = self.tmux(&["display-message", "-p", "-t", "0", "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}"]);
         let mut parts = out.split_whitespace();
         match (parts.next(), parts.next()) {
             (Some("1"), Some(code)) => code.parse().ok(),
-            (Some("1"), None) => None,
             _ => None,
         }
     }
@@ -100,7 +104,7 @@ async fn a_terminal_session_resizes_interrupts_and_exits_with_its_status() {
     term.send(&["echo interrupted-$?", "Enter"]);
     assert!(term.wait_for("interrupted-130", Duration::from_secs(5)).await, "Ctrl-C reaches the target: {}", term.screen());
     term.send(&["exit 5", "Enter"]);
-    assert!(eventually(Duration::from_secs(10), || term.exit_status().is_some()).await);
+    assert!(eventually(Duration::from_secs(10), || term.exit_status().is_some()).await, "the session ends: {}", term.screen());
     assert_eq!(term.exit_status(), Some(5), "{}", term.screen());
 }
 
@@ -118,7 +122,7 @@ async fn revoking_a_grant_ends_its_live_session_within_two_seconds_with_a_messag
     let revoke = w.gw.cli(&["grant", "revoke", &w.grant, "--reason", "incident closed"]).await;
     assert!(revoke.status.success(), "{}", text(&revoke.stderr));
     let revoked_at = Instant::now();
-    let ended = eventually(Duration::from_secs(2), || term.exit_status().is_some()).await;
+    let ended = eventually(Duration::from_secs(2), || term.ended()).await;
     let took = revoked_at.elapsed();
     assert!(ended, "the session must end within 2 s of the revocation (screen: {})", term.screen());
     let screen = term.screen();
@@ -144,7 +148,7 @@ async fn an_expiring_grant_ends_its_session() {
     let granted_at = Instant::now();
     let term = Tmux::start(&interactive(&w.alice), 120, 30);
     assert!(term.wait_for("$", Duration::from_secs(15)).await, "{}", term.screen());
-    assert!(eventually(Duration::from_secs(10), || term.exit_status().is_some()).await, "{}", term.screen());
+    assert!(eventually(Duration::from_secs(10), || term.ended()).await, "{}", term.screen());
     let lived = granted_at.elapsed();
     assert!(term.screen().contains(&format!("your grant {short} for vm1 has expired")), "{}", term.screen());
     assert!(lived >= Duration::from_secs(4), "not before the grant's end");
@@ -202,22 +206,48 @@ async fn forwards_through_the_target_need_a_grant_that_allows_them() {
     let _ = child.kill().await;
 }
 
+/// Runs `command` on vm1 with `ssh -A` and a fresh agent holding the client's key.
+async fn with_forwarded_agent(client: &Client, command: &str) -> std::process::Output {
+    let agent_socket = client.dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&agent_socket).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(5), || agent_socket.exists()).await);
+    let added = Command::new("ssh-add").env("SSH_AUTH_SOCK", &agent_socket).arg(&client.key).output().unwrap();
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.env("SSH_AUTH_SOCK", &agent_socket)
+        .arg("-F")
+        .arg(&client.config)
+        .args(["-A", "-o", "BatchMode=yes", "-J", "jit-gateway", &format!("{LOGIN}@vm1"), command]);
+    let out = support::run(&mut cmd, None, Duration::from_secs(30)).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_forwarding_works_when_configured() {
+    if !support::need("ssh-agent") || !support::need("ssh-add") || !support::need("/usr/sbin/sshd") {
+        return;
+    }
+    let prepared = support::prepare();
+    let sshd = support::Sshd::start(&prepared.target_ca);
+    let options = support::GwOptions { sshd_port: Some(sshd.port), ..Default::default() }.with_ssh("allow_agent_forwarding = true");
+    let gw = support::Gw::start(prepared, options).await;
+    let alice = Client::new(&gw, "alice", "");
+    gw.bind_key(&alice.public_key, "alice@example.test", "alice").await;
+    gw.grant("alice@example.test", "vm1", &[LOGIN], Duration::from_secs(600)).await;
+    let out = with_forwarded_agent(&alice, "ssh-add -l").await;
+    let listed = text(&out.stdout);
+    let fingerprint = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
+    assert!(listed.contains(&fingerprint), "the client's agent answers on the target: {listed} {}", text(&out.stderr));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_forwarding_is_refused_unless_configured() {
     if !support::need("ssh-agent") {
         return;
     }
     let Some(w) = World::new("").await else { return };
-    let agent_socket = w.alice.dir.join("agent.sock");
-    let mut agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&agent_socket).spawn().unwrap();
-    assert!(eventually(Duration::from_secs(5), || agent_socket.exists()).await);
-    let mut cmd = tokio::process::Command::new("ssh");
-    cmd.env("SSH_AUTH_SOCK", &agent_socket)
-        .arg("-F")
-        .arg(&w.alice.config)
-        .args(["-A", "-o", "BatchMode=yes", "-J", "jit-gateway", &format!("{LOGIN}@vm1"), "echo agent=[${SSH_AUTH_SOCK:-none}]"]);
-    let out = support::run(&mut cmd, None, Duration::from_secs(30)).await;
-    let _ = agent.kill();
-    let _ = agent.wait();
+    let out = with_forwarded_agent(&w.alice, "echo agent=[${SSH_AUTH_SOCK:-none}]").await;
     assert_eq!(text(&out.stdout).trim(), "agent=[none]", "{}", text(&out.stderr));
 }

@@ -2,7 +2,6 @@
 //! tokens that must be refused.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use jit_gateway::clock::ManualClock;
@@ -153,13 +152,14 @@ async fn id_tokens_for_another_audience_or_past_their_expiry_are_refused() {
     let err = oidc.verify_id_token(&other, None).await.unwrap_err().to_string();
     assert!(err.contains("wrong audience"), "{err}");
 
-    // Flip one character of the payload: the signature no longer covers it.
+    // A forged claim under the real signature: alice's token made to say mallory.
     let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
-    let flipped = if parts[1].ends_with('A') { 'B' } else { 'A' };
-    parts[1].pop();
-    parts[1].push(flipped);
+    let b64 = data_encoding::BASE64URL_NOPAD;
+    let claims = String::from_utf8(b64.decode(parts[1].as_bytes()).unwrap()).unwrap();
+    assert!(claims.contains("alice@example.test"));
+    parts[1] = b64.encode(claims.replace("alice@example.test", "mallory@example.test").as_bytes());
     let err = oidc.verify_id_token(&parts.join("."), None).await.unwrap_err().to_string();
-    assert!(err.contains("ID token rejected"), "{err}");
+    assert!(err.contains("signature does not verify"), "{err}");
 
     let short = provider.id_token("short-lived", "short-lived-secret", "alice").await;
     let short_config: jit_gateway::config::OidcConfig = toml::from_str(&format!(
@@ -167,10 +167,13 @@ async fn id_tokens_for_another_audience_or_past_their_expiry_are_refused() {
         provider.issuer
     ))
     .unwrap();
-    let short_oidc = OidcClient::new(&short_config, clock.clone()).unwrap();
+    // A clock of its own, at the token's issue time: the token (2 s lifetime) is fresh, then an hour old.
+    let claims: serde_json::Value =
+        serde_json::from_slice(&data_encoding::BASE64URL_NOPAD.decode(short.split('.').nth(1).unwrap().as_bytes()).unwrap()).unwrap();
+    let short_clock = ManualClock::starting_at(claims["iat"].as_i64().unwrap() * 1000);
+    let short_oidc = OidcClient::new(&short_config, short_clock.clone()).unwrap();
     short_oidc.verify_id_token(&short, None).await.expect("fresh short-lived token verifies");
-    clock.advance(Duration::from_secs(3));
+    short_clock.advance(Duration::from_secs(3600));
     let err = short_oidc.verify_id_token(&short, None).await.unwrap_err().to_string();
     assert!(err.contains("expired"), "{err}");
-    drop(Arc::new(()));
 }
