@@ -38,6 +38,10 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let listen = config.ssh.listen;
     let gateway = Gateway::open(config, Arc::new(SystemClock))?;
     let ssh = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (ssh.listen)"))?;
+    let api = match gateway.config.api.as_ref().map(|a| a.listen) {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (api.listen)"))?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -49,7 +53,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         stop.cancel();
         tracing::info!("stopping");
     });
-    gateway::run(gateway, Listeners { ssh }, shutdown).await?;
+    gateway::run(gateway, Listeners { ssh, api }, shutdown).await?;
     Ok(())
 }
 
@@ -213,7 +217,7 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -297,6 +301,12 @@ pub struct SessionsArgs {
     command: Option<SessionsCommand>,
     #[arg(long)]
     json: bool,
+    /// Everyone's sessions (admins and auditors, through the API).
+    #[arg(long)]
+    all_users: bool,
+    /// Use the local admin socket even when signed in to the API.
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(Subcommand)]
@@ -310,12 +320,16 @@ enum SessionsCommand {
 }
 
 pub async fn sessions(config_path: &Path, args: SessionsArgs) -> Result<()> {
+    let via_api = !args.local && crate::cli_api::signed_in();
     if let Some(SessionsCommand::Kill { id, reason }) = args.command {
+        if via_api {
+            return crate::cli_api::kill(&id, &reason).await;
+        }
         call(config_path, Request::SessionKill { id: id.clone(), reason }).await?;
         println!("ending session {id}");
         return Ok(());
     }
-    let data = call(config_path, Request::Sessions).await?;
+    let data = if via_api { crate::cli_api::sessions(args.all_users).await? } else { call(config_path, Request::Sessions).await? };
     if args.json {
         return print_json(&data);
     }

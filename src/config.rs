@@ -38,6 +38,13 @@ pub struct Config {
     pub recording: RecordingConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Who may request what, who approves (the request workflow).
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
+    /// The HTTPS API (`jit-gateway login`, requests, approvals). Off when absent.
+    pub api: Option<ApiConfig>,
+    /// Webhook notifications of requests and decisions. Off when absent.
+    pub notify: Option<crate::notify::NotifyConfig>,
     /// The inventory: the only places the gateway ever connects to.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
@@ -211,6 +218,24 @@ impl Default for RecordingConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// The URL users give `jit-gateway login --gateway`; printed in hints.
+    pub public_url: Option<String>,
+    /// Lifetime of a session from `jit-gateway login`.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Certificate chain and key (PEM). Default: `tls.crt`/`tls.key` in certs_dir, self-signed, made on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -340,6 +365,11 @@ impl Config {
         if let Some(p) = self.oidc.ca_file.as_mut() {
             resolve(p);
         }
+        if let Some(api) = self.api.as_mut() {
+            for p in [api.tls_cert.as_mut(), api.tls_key.as_mut()].into_iter().flatten() {
+                resolve(p);
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -394,6 +424,20 @@ impl Config {
                 russh::keys::PublicKey::from_openssh(pin.trim())
                     .map_err(|e| invalid(key("host_key"), format!("not an OpenSSH public key: {e}")))?;
             }
+        }
+        if let Some(api) = &self.api {
+            if api.session_ttl < Duration::from_secs(60) || api.session_ttl > Duration::from_secs(7 * 86400) {
+                return Err(invalid("api.session_ttl", "must be between 1m and 7d"));
+            }
+            if api.tls_cert.is_some() != api.tls_key.is_some() {
+                return Err(invalid("api.tls_cert", "give both tls_cert and tls_key, or neither"));
+            }
+        }
+        if let Some(problem) = self.notify.as_ref().and_then(|n| n.problem()) {
+            return Err(invalid("notify.webhook_url", problem));
+        }
+        if let Some((key, message)) = self.policy.problems(&self.targets).into_iter().next() {
+            return Err(invalid(key, message));
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ pub struct Gateway {
     pub sign_ins: Arc<Semaphore>,
     /// The outer SSH server's configuration (host key, algorithms, limits).
     pub outer_ssh: Arc<russh::server::Config>,
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Gateway {
@@ -57,7 +58,11 @@ impl Gateway {
         std::fs::create_dir_all(state).map_err(state_err)?;
         std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
         let keys = Arc::new(KeyMaterial::load_or_generate(&config.gateway.certs_dir)?);
-        let store: SharedStore = Arc::new(RedbStore::open(&state.join("gateway.redb"))?);
+        let signer = Arc::clone(&keys);
+        let store: SharedStore = Arc::new(
+            RedbStore::open(&state.join("gateway.redb"))?
+                .with_head_signer(Box::new(move |data| signer.sign(data).map_err(|e| e.to_string()))),
+        );
         let oidc = Arc::new(OidcClient::new(&config.oidc, Arc::clone(&clock))?);
         let sessions = SessionRegistry::new();
         let recordings = Arc::new(
@@ -68,6 +73,7 @@ impl Gateway {
         let outer_ssh = Arc::new(crate::ssh::outer_config(&config, &keys));
         Ok(Arc::new(Gateway {
             sign_ins: Arc::new(Semaphore::new(config.ssh.max_pending_sign_ins)),
+            notifier: crate::notify::Notifier::new(config.notify.clone()),
             config: Arc::new(config),
             keys,
             store,
@@ -92,6 +98,8 @@ impl Gateway {
 
 pub struct Listeners {
     pub ssh: TcpListener,
+    /// The HTTPS API, when `[api]` is configured.
+    pub api: Option<TcpListener>,
 }
 
 /// Serves until `shutdown` is cancelled, then ends sessions (telling users),
@@ -103,6 +111,15 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
     tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
     tasks.spawn(crate::admin::serve(Arc::clone(&gateway), admin, shutdown.clone()));
     tasks.spawn(crate::ssh::serve(Arc::clone(&gateway), listeners.ssh, shutdown.clone()));
+    if let Some(api) = listeners.api {
+        let (gw, stop) = (Arc::clone(&gateway), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(gw, api, stop.clone()).await {
+                tracing::error!(error = %e, "the HTTPS API cannot start; stopping");
+                stop.cancel();
+            }
+        });
+    }
     tracing::info!(
         ssh = %gateway.config.ssh.listen,
         admin = %gateway.config.admin_socket().display(),

@@ -47,6 +47,8 @@ pub struct KeyMaterial {
     /// Key behind the per-connection host certificates. It lives only as long
     /// as the process: the certificate, not the key, is what clients trust.
     inner_host_key: PrivateKey,
+    /// HMAC key for the HTTPS API's session tokens.
+    token_key: crate::secret::Secret<Vec<u8>>,
 }
 
 impl std::fmt::Debug for KeyMaterial {
@@ -81,7 +83,31 @@ impl KeyMaterial {
             target_ca: load_or_generate_key(&dir.join("target_ca_ed25519_key"), "jit-gateway target CA")?,
             signing_key: load_or_generate_key(&dir.join("signing_ed25519_key"), "jit-gateway signing key")?,
             inner_host_key: generate_ed25519("jit-gateway inner host key")?,
+            token_key: crate::secret::Secret::new(load_or_generate_secret(&dir.join("api_token.key"))?),
         })
+    }
+
+    pub fn token_key(&self) -> &[u8] {
+        self.token_key.expose()
+    }
+
+    /// The HTTPS certificate chain and key (PEM) in the certs folder: a
+    /// self-signed certificate for `hosts`, made on first use.
+    pub fn tls_identity(&self, hosts: &[String]) -> Result<(String, crate::secret::Secret<String>), KeyError> {
+        let (cert_path, key_path) = (self.dir.join("tls.crt"), self.dir.join("tls.key"));
+        if !cert_path.exists() || !key_path.exists() {
+            let mint = |e: rcgen::Error| KeyError::Mint(format!("TLS certificate: {e}"));
+            let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(mint)?;
+            params.distinguished_name.push(rcgen::DnType::CommonName, "jit-gateway");
+            let key = rcgen::KeyPair::generate().map_err(mint)?;
+            let cert = params.self_signed(&key).map_err(mint)?;
+            write_private(&key_path, key.serialize_pem().as_bytes())?;
+            std::fs::write(&cert_path, cert.pem()).map_err(|source| KeyError::Io { path: cert_path.clone(), source })?;
+            tracing::info!(path = %cert_path.display(), names = ?hosts, "generated a self-signed TLS certificate");
+        }
+        let cert = std::fs::read_to_string(&cert_path).map_err(|source| KeyError::Io { path: cert_path, source })?;
+        let key = std::fs::read_to_string(&key_path).map_err(|source| KeyError::Io { path: key_path, source })?;
+        Ok((cert, crate::secret::Secret::new(key)))
     }
 
     pub fn dir(&self) -> &Path {
@@ -242,6 +268,31 @@ fn load_or_generate_key(path: &Path, comment: &str) -> Result<PrivateKey, KeyErr
             }
         }
         Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)
+}
+
+/// 32 random bytes kept hex-encoded in a 0600 file.
+fn load_or_generate_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
+    match fs::read_to_string(path) {
+        Ok(text) => data_encoding::HEXLOWER
+            .decode(text.trim().as_bytes())
+            .map_err(|e| KeyError::BadKey { path: path.to_path_buf(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = vec![0u8; 32];
+            random_bytes(&mut key);
+            match write_private(path, data_encoding::HEXLOWER.encode(&key).as_bytes()) {
+                Ok(()) => Ok(key),
+                Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => load_or_generate_secret(path),
+                Err(e) => Err(e),
+            }
+        }
+        Err(source) => Err(KeyError::Io { path: path.to_path_buf(), source }),
     }
 }
 

@@ -15,15 +15,20 @@
 
 pub mod access;
 pub mod admin;
+pub mod api;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod ids;
 pub mod keys;
+pub mod notify;
 pub mod oidc;
+pub mod policy;
 pub mod recording;
 pub mod replay;
 pub mod secret;
 pub mod sessions;
 pub mod ssh;
 pub mod store;
+pub mod workflow;

@@ -2,6 +2,7 @@
 //! (grants, sessions, recordings, replay, key and ssh-config helpers).
 
 mod cli;
+mod cli_api;
 
 use std::path::PathBuf;
 
@@ -31,8 +32,63 @@ enum Command {
     /// Add, list and revoke grants (local admin, through the admin socket).
     #[command(subcommand)]
     Grant(cli::GrantCommand),
-    /// List live sessions, or end one.
+    /// List live sessions, or end one (through the API when signed in, else the admin socket).
     Sessions(cli::SessionsArgs),
+    /// Sign in to the gateway's HTTPS API (device code, or --browser).
+    Login(cli_api::LoginArgs),
+    /// Sign out of the API.
+    Logout,
+    /// Who the API knows you as, and your roles.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask for access to a target, with a reason.
+    Request(cli_api::RequestArgs),
+    /// Requests waiting for your approval, and your own.
+    Requests(cli_api::RequestsArgs),
+    /// Approve a request.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request, saying why.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw your own pending request.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your grants (live and recent); --all-users for everyone's (admins, auditors).
+    Grants {
+        #[arg(long)]
+        all_users: bool,
+        /// Include grants that ended long ago.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a grant (yours, one you approved, or any as an admin).
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query the audit log, or `audit verify` the hash chain.
+    Audit(cli_api::AuditArgs),
     /// List recordings.
     Recordings(cli::RecordingsArgs),
     /// Play a recording in the terminal.
@@ -63,6 +119,17 @@ fn main() -> std::process::ExitCode {
             Command::Recordings(a) => cli::recordings(&args.config, a).await,
             Command::Replay(a) => cli::replay(&args.config, a),
             Command::Verify(a) => cli::verify(&args.config, a),
+            Command::Login(a) => cli_api::login(a).await,
+            Command::Logout => cli_api::logout().await,
+            Command::Whoami { json } => cli_api::whoami(json).await,
+            Command::Request(a) => cli_api::request(a).await,
+            Command::Requests(a) => cli_api::requests(a).await,
+            Command::Approve { id, comment, json } => cli_api::decide("approve", &id, &comment, json).await,
+            Command::Deny { id, reason, json } => cli_api::decide("deny", &id, &reason, json).await,
+            Command::Cancel { id, json } => cli_api::decide("cancel", &id, "", json).await,
+            Command::Grants { all_users, all, json } => cli_api::grants(all_users, all, json).await,
+            Command::Revoke { id, reason, json } => cli_api::revoke(&id, &reason, json).await,
+            Command::Audit(a) => cli_api::audit(&args.config, a).await,
         }
     });
     match result {

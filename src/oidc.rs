@@ -16,8 +16,9 @@ use openidconnect::core::{
     CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthType, ClaimsVerificationError, ClientId, ClientSecret, DeviceAuthorizationUrl,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse, ProviderMetadata, Scope,
+    AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -236,6 +237,51 @@ impl OidcClient {
             .map_err(|e| OidcError::InvalidToken(format!("payload: {e}")))?;
         let claims: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| OidcError::InvalidToken(format!("payload: {e}")))?;
         identity_from_claims(&claims, &self.config)
+    }
+}
+
+/// A started browser sign-in (authorization code + PKCE): the URL to open,
+/// and what the gateway keeps to finish it. Nothing here leaves the gateway
+/// except the URL.
+pub struct CodeLogin {
+    pub authorize_url: String,
+    pub state: Secret<String>,
+    verifier: PkceCodeVerifier,
+    nonce: Nonce,
+    redirect_uri: RedirectUrl,
+}
+
+impl OidcClient {
+    /// Builds the provider's authorization URL for a loopback redirect (RFC 8252).
+    pub async fn start_code_login(&self, redirect_uri: &str) -> Result<CodeLogin, OidcError> {
+        let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::Config(format!("redirect URI: {e}")))?;
+        let provider = self.provider(false).await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let scopes = self.config.scopes.iter().filter(|s| *s != "openid").map(|s| Scope::new(s.clone()));
+        let (url, state, nonce) = provider
+            .client
+            .authorize_url(AuthenticationFlow::<CoreResponseType>::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .add_scopes(scopes)
+            .set_pkce_challenge(challenge)
+            .set_redirect_uri(std::borrow::Cow::Owned(redirect.clone()))
+            .url();
+        Ok(CodeLogin { authorize_url: url.to_string(), state: Secret::new(state.secret().clone()), verifier, nonce, redirect_uri: redirect })
+    }
+
+    /// Exchanges the code (with the PKCE verifier) and verifies the ID token and its nonce.
+    pub async fn finish_code_login(&self, login: CodeLogin, code: &str) -> Result<VerifiedIdentity, OidcError> {
+        let provider = self.provider(false).await?;
+        let response = provider
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| OidcError::Config(format!("token endpoint: {e}")))?
+            .set_pkce_verifier(login.verifier)
+            .set_redirect_uri(std::borrow::Cow::Owned(login.redirect_uri))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| OidcError::Provider(format!("code exchange: {}", error_chain(&e))))?;
+        let id_token = response.extra_fields().id_token().ok_or_else(|| OidcError::InvalidToken("the token response has no ID token".into()))?;
+        self.verify_id_token(&id_token.to_string(), Some(&login.nonce)).await
     }
 }
 

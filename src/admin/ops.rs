@@ -9,7 +9,7 @@ use super::protocol::{GrantView, Request, Response};
 use crate::access::valid_login;
 use crate::clock::format_ms;
 use crate::gateway::Gateway;
-use crate::store::{AuditEvent, Grant, GrantFilter, GrantStatus, Revocation, StoreError, blocking};
+use crate::store::{AuditEvent, Grant, GrantFilter, GrantStatus, StoreError, blocking};
 
 /// Longest grant the local admin can give (the request workflow has its own policy).
 const MAX_GRANT: Duration = Duration::from_secs(7 * 86400);
@@ -94,29 +94,8 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             Ok(json!(views))
         }
         Request::GrantRevoke { id, reason } => {
-            if reason.trim().is_empty() {
-                return Err("--reason is required for a revocation".into());
-            }
-            let by = account.to_string();
-            let why = reason.trim().to_string();
-            let event = AuditEvent::new("grant.revoked", account, json!({"grant": id, "reason": why}));
-            let target_id = id.clone();
-            let grant = blocking(&gateway.store, move |s| {
-                let grant = s.update_grant(&target_id, &mut |g| match g.status(now) {
-                    GrantStatus::Revoked => Err(StoreError::Conflict(format!("grant {} is already revoked", g.id))),
-                    GrantStatus::Expired => Err(StoreError::Conflict(format!("grant {} has already expired", g.id))),
-                    _ => {
-                        g.revocation = Some(Revocation { at_ms: now, by: by.clone(), reason: why.clone() });
-                        Ok(())
-                    }
-                })?;
-                s.append_audit(&AuditEvent { target: Some(grant.target.clone()), ..event }, now)?;
-                Ok(grant)
-            })
-            .await
-            .map_err(store_err)?;
-            // End the grant's sessions now rather than at the enforcer's next wake-up.
-            gateway.enforcer.enforce_now().await.map_err(store_err)?;
+            let who = crate::policy::Actor { user: account.to_string(), roles: vec![] };
+            let grant = crate::workflow::revoke(gateway, &who, true, &id, &reason).await.map_err(|e| e.to_string())?;
             tracing::info!(grant = %grant.id, by = account, "grant revoked");
             Ok(json!(GrantView { status: grant.status(now), grant }))
         }

@@ -17,7 +17,7 @@ mod inner;
 mod killable;
 mod outer;
 mod relay;
-mod signin;
+pub(crate) mod signin;
 mod upstream;
 
 use std::borrow::Cow;

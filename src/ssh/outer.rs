@@ -148,7 +148,7 @@ impl OuterHandler {
         let result = self.gateway.oidc.finish_device_flow(&auth, limit).await;
         let failure = match result {
             Ok(verified) if verified.user.eq_ignore_ascii_case(user) || verified.login_name.as_deref() == Some(user) => {
-                match signin::remember(&self.gateway, &verified, self.proven_key.as_ref(), &self.client_ip()).await {
+                match signin::remember(&self.gateway, &verified, self.proven_key.as_ref(), &self.client_ip(), "signin.device-flow").await {
                     Ok(identity) => {
                         tracing::info!(user = %identity.user, peer = %self.peer, key_bound = self.proven_key.is_some(), "signed in with the device flow");
                         self.identity = Some(identity);

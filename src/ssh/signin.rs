@@ -37,6 +37,7 @@ pub async fn remember(
     verified: &VerifiedIdentity,
     key: Option<&PublicKey>,
     client_ip: &str,
+    audit_kind: &'static str,
 ) -> StoreResult<Identity> {
     let now = gateway.clock.now_ms();
     let id = Identity::id_for(&verified.issuer, &verified.subject);
@@ -52,7 +53,7 @@ pub async fn remember(
         client_ip: Some(client_ip.to_string()),
     });
     let audit = AuditEvent::new(
-        "signin.device-flow",
+        audit_kind,
         verified.user.clone(),
         serde_json::json!({
             "identity": id, "issuer": verified.issuer, "groups": verified.groups, "client_ip": client_ip,

@@ -41,6 +41,7 @@ pub struct GrantFilter {
 pub trait Store: Send + Sync + 'static {
     fn upsert_identity(&self, identity: &Identity) -> StoreResult<()>;
     fn identity(&self, id: &str) -> StoreResult<Option<Identity>>;
+    fn identities(&self) -> StoreResult<Vec<Identity>>;
 
     /// Binds a key to an identity (replacing that pair's earlier binding). One key may be
     /// bound to several identities; the SSH user name chooses among them.
@@ -73,7 +74,44 @@ pub trait Store: Send + Sync + 'static {
 
     fn append_audit(&self, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord>;
     fn audit_records(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// The last record's hash and sequence number, signed by the gateway.
+    fn audit_head(&self) -> StoreResult<Option<AuditHead>>;
+
+    fn request(&self, id: &str) -> StoreResult<Option<AccessRequest>>;
+    fn requests(&self) -> StoreResult<Vec<AccessRequest>>;
+    /// Writes a request (new or changed), the grant it produced if any, and
+    /// their audit records in one transaction. `expected` is the request as
+    /// the caller read it (None for a new one): if the stored one differs, a
+    /// concurrent decision won and nothing is written.
+    fn save_request(
+        &self,
+        request: &AccessRequest,
+        expected: Option<&AccessRequest>,
+        grant: Option<&Grant>,
+        audit: &[AuditEvent],
+        at_ms: i64,
+    ) -> StoreResult<()>;
+
+    fn upsert_api_session(&self, session: &ApiSession) -> StoreResult<()>;
+    fn api_session(&self, id: &str) -> StoreResult<Option<ApiSession>>;
 }
+
+/// The signed head of the audit chain.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+    /// SSHSIG over `head_text(seq, hash)`.
+    pub signature: String,
+}
+
+/// The bytes an audit head signature covers.
+pub fn head_text(seq: u64, hash: &str) -> Vec<u8> {
+    format!("jit-gateway audit head\n{seq}\n{hash}\n").into_bytes()
+}
+
+/// Signs audit heads (the gateway's signing key); the store calls it on every append.
+pub type HeadSigner = Box<dyn Fn(&[u8]) -> Result<String, String> + Send + Sync>;
 
 pub type SharedStore = Arc<dyn Store>;
 

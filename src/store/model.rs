@@ -154,6 +154,101 @@ impl Grant {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: String,
+    pub at_ms: i64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Cancelled,
+    /// Nobody decided before `expires_ms`.
+    Lapsed,
+}
+
+impl std::fmt::Display for RequestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+            RequestState::Cancelled => "cancelled",
+            RequestState::Lapsed => "lapsed",
+        })
+    }
+}
+
+/// Someone asking for access, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub id: String,
+    pub requester: String,
+    pub requester_roles: Vec<String>,
+    pub target: String,
+    pub protocol: Protocol,
+    pub logins: Vec<String>,
+    #[serde(default)]
+    pub port_forwarding: bool,
+    pub duration_secs: u64,
+    #[serde(default)]
+    pub starts_at_ms: Option<i64>,
+    pub reason: String,
+    pub created_ms: i64,
+    /// A pending request lapses at this time.
+    pub expires_ms: i64,
+    /// The policy rule it was requested under, and what that rule asks for.
+    pub rule: String,
+    pub approver_roles: Vec<String>,
+    pub approvals_needed: u32,
+    #[serde(default)]
+    pub approvals: Vec<Decision>,
+    #[serde(default)]
+    pub denial: Option<Decision>,
+    #[serde(default)]
+    pub cancelled: Option<Decision>,
+    #[serde(default)]
+    pub auto_approved: bool,
+    /// The grant an approval produced.
+    #[serde(default)]
+    pub grant_id: Option<String>,
+}
+
+impl AccessRequest {
+    pub fn state(&self, now_ms: i64) -> RequestState {
+        if self.grant_id.is_some() {
+            RequestState::Approved
+        } else if self.denial.is_some() {
+            RequestState::Denied
+        } else if self.cancelled.is_some() {
+            RequestState::Cancelled
+        } else if now_ms >= self.expires_ms {
+            RequestState::Lapsed
+        } else {
+            RequestState::Pending
+        }
+    }
+}
+
+/// A session at the HTTPS API, created by `jit-gateway login`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiSession {
+    /// Random identifier carried in the token (the token itself is never stored).
+    pub id: String,
+    pub identity_id: String,
+    pub user: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
 /// One inner SSH connection (one `ssh -J` hop) or one RDP connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {

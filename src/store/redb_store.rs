@@ -22,9 +22,14 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const RECORDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("recordings");
 const HOST_KEYS: TableDefinition<&str, &str> = TableDefinition::new("host_keys");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+const API_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_sessions");
+/// Single values: `audit_head`.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 pub struct RedbStore {
     db: Database,
+    head_signer: Option<HeadSigner>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -67,9 +72,48 @@ impl RedbStore {
             txn.open_table(RECORDINGS).map_err(db_err)?;
             txn.open_table(HOST_KEYS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
+            txn.open_table(REQUESTS).map_err(db_err)?;
+            txn.open_table(API_SESSIONS).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore { db, head_signer: None })
+    }
+
+    /// Signs the audit head on every append from now on.
+    pub fn with_head_signer(mut self, signer: HeadSigner) -> Self {
+        self.head_signer = Some(signer);
+        self
+    }
+
+    /// Appends one audit record inside `txn` and moves the signed head.
+    fn append_in(&self, txn: &redb::WriteTransaction, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord> {
+        let mut table = txn.open_table(AUDIT).map_err(db_err)?;
+        let (seq, prev_hash) = match table.last().map_err(db_err)? {
+            Some((k, v)) => {
+                let prev: AuditRecord = decode(&k.value().to_string(), v.value())?;
+                (k.value() + 1, prev.hash)
+            }
+            None => (1, AUDIT_GENESIS.to_string()),
+        };
+        let hash = audit_hash(seq, at_ms, event.kind, &event.actor, event.target.as_deref(), &event.details, &prev_hash);
+        let record = AuditRecord {
+            seq,
+            at_ms,
+            kind: event.kind.to_string(),
+            actor: event.actor.clone(),
+            target: event.target.clone(),
+            details: event.details.clone(),
+            prev_hash,
+            hash,
+        };
+        table.insert(seq, encode(&record)?.as_slice()).map_err(db_err)?;
+        if let Some(sign) = &self.head_signer {
+            let signature = sign(&head_text(seq, &record.hash)).map_err(StoreError::Database)?;
+            let head = AuditHead { seq, hash: record.hash.clone(), signature };
+            txn.open_table(META).map_err(db_err)?.insert("audit_head", encode(&head)?.as_slice()).map_err(db_err)?;
+        }
+        Ok(record)
     }
 
     fn put<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &T) -> StoreResult<()> {
@@ -108,6 +152,10 @@ impl Store for RedbStore {
 
     fn identity(&self, id: &str) -> StoreResult<Option<Identity>> {
         self.get(IDENTITIES, id)
+    }
+
+    fn identities(&self) -> StoreResult<Vec<Identity>> {
+        self.all(IDENTITIES)
     }
 
     fn bind_key(&self, binding: &KeyBinding) -> StoreResult<()> {
@@ -285,29 +333,7 @@ impl Store for RedbStore {
 
     fn append_audit(&self, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        let record = {
-            let mut table = txn.open_table(AUDIT).map_err(db_err)?;
-            let (seq, prev_hash) = match table.last().map_err(db_err)? {
-                Some((k, v)) => {
-                    let prev: AuditRecord = decode(&k.value().to_string(), v.value())?;
-                    (k.value() + 1, prev.hash)
-                }
-                None => (1, AUDIT_GENESIS.to_string()),
-            };
-            let hash = audit_hash(seq, at_ms, event.kind, &event.actor, event.target.as_deref(), &event.details, &prev_hash);
-            let record = AuditRecord {
-                seq,
-                at_ms,
-                kind: event.kind.to_string(),
-                actor: event.actor.clone(),
-                target: event.target.clone(),
-                details: event.details.clone(),
-                prev_hash,
-                hash,
-            };
-            table.insert(seq, encode(&record)?.as_slice()).map_err(db_err)?;
-            record
-        };
+        let record = self.append_in(&txn, event, at_ms)?;
         txn.commit().map_err(db_err)?;
         Ok(record)
     }
@@ -321,6 +347,63 @@ impl Store for RedbStore {
             out.push(decode(&k.value().to_string(), v.value())?);
         }
         Ok(out)
+    }
+
+    fn audit_head(&self) -> StoreResult<Option<AuditHead>> {
+        self.get(META, "audit_head")
+    }
+
+    fn request(&self, id: &str) -> StoreResult<Option<AccessRequest>> {
+        self.get(REQUESTS, id)
+    }
+
+    fn requests(&self) -> StoreResult<Vec<AccessRequest>> {
+        let mut all: Vec<AccessRequest> = self.all(REQUESTS)?;
+        all.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+        Ok(all)
+    }
+
+    fn save_request(
+        &self,
+        request: &AccessRequest,
+        expected: Option<&AccessRequest>,
+        grant: Option<&Grant>,
+        audit: &[AuditEvent],
+        at_ms: i64,
+    ) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut requests = txn.open_table(REQUESTS).map_err(db_err)?;
+            let stored: Option<AccessRequest> = match requests.get(request.id.as_str()).map_err(db_err)? {
+                Some(v) => Some(decode(&request.id, v.value())?),
+                None => None,
+            };
+            if stored.as_ref() != expected {
+                return Err(StoreError::Conflict(format!("request {} changed meanwhile; look at it again", request.id)));
+            }
+            requests.insert(request.id.as_str(), encode(request)?.as_slice()).map_err(db_err)?;
+        }
+        if let Some(grant) = grant {
+            let mut grants = txn.open_table(GRANTS).map_err(db_err)?;
+            if grants.get(grant.id.as_str()).map_err(db_err)?.is_some() {
+                return Err(StoreError::Conflict(format!("grant {} exists already", grant.id)));
+            }
+            grants.insert(grant.id.as_str(), encode(grant)?.as_slice()).map_err(db_err)?;
+            txn.open_table(GRANTS_BY_USER).map_err(db_err)?.insert(user_key(&grant.user, &grant.id).as_str(), ()).map_err(db_err)?;
+            txn.open_table(GRANT_ENDS).map_err(db_err)?.insert(end_key(grant).as_str(), ()).map_err(db_err)?;
+        }
+        for event in audit {
+            self.append_in(&txn, event, at_ms)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn upsert_api_session(&self, session: &ApiSession) -> StoreResult<()> {
+        self.put(API_SESSIONS, &session.id, session)
+    }
+
+    fn api_session(&self, id: &str) -> StoreResult<Option<ApiSession>> {
+        self.get(API_SESSIONS, id)
     }
 }
 

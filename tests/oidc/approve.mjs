@@ -11,11 +11,11 @@
 
 import { parseArgs } from 'node:util';
 
-const USAGE = 'usage: node approve.mjs --issuer http://127.0.0.1:PORT --user NAME [--password P] [--deny] USER_CODE';
-const DEMO_PASSWORDS = { alice: 'alice-password', bob: 'bob-password', carol: 'carol-password' };
+import {
+  Browser, DEMO_PASSWORDS, Refused, Unexpected, formAction, hiddenInputs, pageError,
+} from './browser-lib.mjs';
 
-class Refused extends Error {}
-class Unexpected extends Error {}
+const USAGE = 'usage: node approve.mjs --issuer http://127.0.0.1:PORT --user NAME [--password P] [--deny] USER_CODE';
 
 function finish(code, message) {
   process.stderr.write(`approve: ${message}\n`);
@@ -62,133 +62,8 @@ function debug(msg) {
   if (values.verbose) process.stderr.write(`approve: ${msg}\n`);
 }
 
-// ------------------------------------------------------------- cookie jar --
-// Minimal RFC 6265 subset: one origin, Path matching, Max-Age/Expires removal.
-
-const jar = new Map(); // `${name}\0${path}` -> { name, value, path, expires }
-
-function defaultPath(url) {
-  const p = url.pathname;
-  const i = p.lastIndexOf('/');
-  return i <= 0 ? '/' : p.slice(0, i);
-}
-
-function storeCookies(res, url) {
-  for (const header of res.headers.getSetCookie()) {
-    const [pair, ...attrs] = header.split(';');
-    const eq = pair.indexOf('=');
-    if (eq <= 0) continue;
-    const name = pair.slice(0, eq).trim();
-    const value = pair.slice(eq + 1).trim();
-    let path = defaultPath(url);
-    let expires = Infinity;
-    for (const attr of attrs) {
-      const [k, ...rest] = attr.split('=');
-      const key = k.trim().toLowerCase();
-      const v = rest.join('=').trim();
-      if (key === 'path' && v.startsWith('/')) path = v;
-      else if (key === 'max-age') expires = Number(v) <= 0 ? 0 : Date.now() + Number(v) * 1000;
-      else if (key === 'expires' && expires === Infinity) {
-        const t = Date.parse(v);
-        if (!Number.isNaN(t)) expires = t;
-      }
-    }
-    const id = `${name}\0${path}`;
-    if (expires <= Date.now()) jar.delete(id);
-    else jar.set(id, { name, value, path, expires });
-  }
-}
-
-function pathMatches(requestPath, cookiePath) {
-  if (requestPath === cookiePath) return true;
-  if (!requestPath.startsWith(cookiePath)) return false;
-  return cookiePath.endsWith('/') || requestPath[cookiePath.length] === '/';
-}
-
-function cookieHeader(url) {
-  const now = Date.now();
-  const matching = [...jar.values()]
-    .filter((c) => c.expires > now && pathMatches(url.pathname, c.path))
-    .sort((a, b) => b.path.length - a.path.length); // longer paths first (RFC 6265 5.4)
-  return matching.map((c) => `${c.name}=${c.value}`).join('; ');
-}
-
-// ------------------------------------------------------------------- http --
-
-async function request(method, target, form) {
-  let url = new URL(target, issuer);
-  let body = form ? new URLSearchParams(form).toString() : undefined;
-  for (let hop = 0; hop < 20; hop += 1) {
-    if (url.origin !== issuer.origin) {
-      throw new Unexpected(`redirected off the provider to ${url.origin}${url.pathname}`);
-    }
-    const headers = { accept: 'text/html' };
-    const cookies = cookieHeader(url);
-    if (cookies) headers.cookie = cookies;
-    if (body !== undefined) headers['content-type'] = 'application/x-www-form-urlencoded';
-    debug(`${method} ${url.pathname}`);
-    let res;
-    try {
-      res = await fetch(url, { method, headers, body, redirect: 'manual' });
-    } catch (err) {
-      throw new Unexpected(`cannot reach ${url.origin}: ${err.cause?.message || err.message}`);
-    }
-    storeCookies(res, url);
-    const location = res.headers.get('location');
-    if (res.status >= 300 && res.status < 400 && location) {
-      await res.arrayBuffer();
-      url = new URL(location, url);
-      if (res.status !== 307 && res.status !== 308) {
-        method = 'GET';
-        body = undefined;
-      }
-      continue;
-    }
-    const text = await res.text();
-    return { status: res.status, url, text };
-  }
-  throw new Unexpected('too many redirects');
-}
-
-// ------------------------------------------------------------------- html --
-
-function decodeEntities(s) {
-  return s.replace(/&(amp|lt|gt|quot|#39|#x27);/g, (_, e) => ({
-    amp: '&', lt: '<', gt: '>', quot: '"', '#39': "'", '#x27': "'",
-  })[e]);
-}
-
-function attrs(tag) {
-  const out = {};
-  for (const m of tag.matchAll(/([a-zA-Z_:][-a-zA-Z0-9_:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)')/g)) {
-    out[m[1].toLowerCase()] = decodeEntities(m[2] ?? m[3]);
-  }
-  return out;
-}
-
-function hiddenInputs(html) {
-  const out = {};
-  for (const m of html.matchAll(/<input\b[^>]*>/gi)) {
-    const a = attrs(m[0]);
-    if ((a.type || '').toLowerCase() === 'hidden' && a.name) out[a.name] = a.value ?? '';
-  }
-  return out;
-}
-
-function formAction(html, id) {
-  for (const m of html.matchAll(/<form\b[^>]*>/gi)) {
-    const a = attrs(m[0]);
-    if (!id || a.id === id) return a.action;
-  }
-  return undefined;
-}
-
-function pageError(html) {
-  const m = /(<p\b[^>]*id="error"[^>]*>)([\s\S]*?)<\/p>/i.exec(html);
-  if (!m) return undefined;
-  const kind = attrs(m[1])['data-error'];
-  return { kind, message: decodeEntities(m[2].replace(/<[^>]*>/g, '').trim()) };
-}
+const browser = new Browser(issuer.origin, { debug });
+const request = (method, target, form) => browser.request(method, target, form, { base: issuer });
 
 // ------------------------------------------------------------------- flow --
 

@@ -173,7 +173,7 @@ dir = "recordings"
             let gateway = Arc::clone(&gateway);
             let shutdown = shutdown.clone();
             async move {
-                jit_gateway::gateway::run(gateway, Listeners { ssh: listener }, shutdown).await.expect("gateway runs");
+                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api: None }, shutdown).await.expect("gateway runs");
             }
         });
         // The admin socket exists once `run` is serving.
