@@ -65,10 +65,9 @@ pub fn verify<'a>(
     head: Option<&AuditHead>,
     signer: &russh::keys::PublicKey,
 ) -> Result<ChainVerified, ChainBroken> {
-    let mut expected_seq = 1u64;
     let mut prev_hash = AUDIT_GENESIS.to_string();
     let mut last: Option<&AuditRecord> = None;
-    for r in records {
+    for (expected_seq, r) in (1u64..).zip(records) {
         if r.seq != expected_seq {
             return Err(ChainBroken::Gap { seq: r.seq, expected: expected_seq });
         }
@@ -80,7 +79,6 @@ pub fn verify<'a>(
             return Err(ChainBroken::Unlinked { seq: r.seq, previous: r.seq - 1 });
         }
         prev_hash = r.hash.clone();
-        expected_seq += 1;
         last = Some(r);
     }
     let Some(last) = last else {

@@ -48,6 +48,8 @@ pub struct Gateway {
     /// The outer SSH server's configuration (host key, algorithms, limits).
     pub outer_ssh: Arc<russh::server::Config>,
     pub notifier: crate::notify::Notifier,
+    /// Cloud firewall openings for targets (the `none` backend until one is configured).
+    pub ports: Arc<crate::ports::Openings>,
 }
 
 impl Gateway {
@@ -69,11 +71,13 @@ impl Gateway {
             RecordingService::new(config.recording.clone(), Arc::clone(&store), Arc::clone(&keys), Arc::clone(&clock))
                 .map_err(StartError::Recordings)?,
         );
-        let enforcer = GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions));
+        let ports = Arc::new(crate::ports::Openings::new(Arc::new(crate::ports::NoneOpener)));
+        let enforcer = GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions), Arc::clone(&ports));
         let outer_ssh = Arc::new(crate::ssh::outer_config(&config, &keys));
         Ok(Arc::new(Gateway {
             sign_ins: Arc::new(Semaphore::new(config.ssh.max_pending_sign_ins)),
             notifier: crate::notify::Notifier::new(config.notify.clone()),
+            ports,
             config: Arc::new(config),
             keys,
             store,

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod notify;
 pub mod oidc;
 pub mod policy;
+pub mod ports;
 pub mod recording;
 pub mod replay;
 pub mod secret;

@@ -150,6 +150,7 @@ pub struct GrantEnforcer {
     store: SharedStore,
     clock: SharedClock,
     sessions: Arc<SessionRegistry>,
+    ports: Arc<crate::ports::Openings>,
     changed: Notify,
 }
 
@@ -157,8 +158,8 @@ pub struct GrantEnforcer {
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 impl GrantEnforcer {
-    pub fn new(store: SharedStore, clock: SharedClock, sessions: Arc<SessionRegistry>) -> Arc<Self> {
-        Arc::new(GrantEnforcer { store, clock, sessions, changed: Notify::new() })
+    pub fn new(store: SharedStore, clock: SharedClock, sessions: Arc<SessionRegistry>, ports: Arc<crate::ports::Openings>) -> Arc<Self> {
+        Arc::new(GrantEnforcer { store, clock, sessions, ports, changed: Notify::new() })
     }
 
     /// Wakes the enforcer: a grant was added, revoked or changed.
@@ -174,6 +175,9 @@ impl GrantEnforcer {
         for grant in due {
             let message = grant_end_message(&grant);
             let sessions = self.sessions.end_grant(&grant.id, &message);
+            if let Err(e) = self.ports.release_grant(&grant.id).await {
+                tracing::error!(grant = %grant.id, error = %e, "cannot close the grant's port opening; reconcile will retry");
+            }
             let id = grant.id.clone();
             let status = grant.status(now);
             let event = AuditEvent::new(

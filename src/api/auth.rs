@@ -137,8 +137,11 @@ pub struct Logins {
     pending: Mutex<HashMap<String, Pending>>,
 }
 
+/// How a device sign-in ended: the session, or an HTTP status and a message.
+type DeviceOutcome = Arc<tokio::sync::Mutex<Option<Result<Issued, (u16, String)>>>>;
+
 enum Pending {
-    Device { outcome: Arc<tokio::sync::Mutex<Option<Result<Issued, (u16, String)>>>>, done: Arc<tokio::sync::Notify>, until: tokio::time::Instant },
+    Device { outcome: DeviceOutcome, done: Arc<tokio::sync::Notify>, until: tokio::time::Instant },
     Code { login: Box<CodeLogin>, until: tokio::time::Instant },
 }
 

@@ -169,6 +169,11 @@ impl InnerHandler {
             .map_err(|e| format!("the gateway cannot read grants right now ({e})"))?;
         let now = self.gateway.clock.now_ms();
         let permit = access::check_login(&grants, &self.identity.user, &self.target, Protocol::Ssh, &self.login, now).map_err(|d| d.to_string())?;
+        self.gateway
+            .ports
+            .ensure(&permit.grant_id, &self.target, &self.target_config, permit.expires_at_ms)
+            .await
+            .map_err(|e| format!("the gateway could not open {}'s port: {e}", self.target))?;
         let who = Who {
             user: &self.identity.user,
             login: &self.login,

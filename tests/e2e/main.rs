@@ -10,6 +10,7 @@ mod robustness;
 mod sessions;
 mod signin;
 mod transfers;
+mod workflow;
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { createServer } from 'node:http';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -261,6 +262,63 @@ async function authCodeFlow(clientId, redirectUri, user, pass, { pkce = true } =
   const res = await fetch(`${disco.authorization_endpoint}?client_id=jit-gateway-cli&response_type=code&scope=openid&redirect_uri=${encodeURIComponent('http://127.0.0.1:9/elsewhere')}&code_challenge=${'a'.repeat(43)}&code_challenge_method=S256`, { redirect: 'manual' });
   const txt = await res.text();
   check(res.status === 400 && txt.includes('redirect_uri'), 'other loopback path is rejected', `HTTP ${res.status}`);
+}
+
+// --- browser.mjs: authorization code flow delivered to a real loopback callback ---
+{
+  const hits = [];
+  const cbServer = createServer((req, res) => {
+    hits.push(new URL(req.url, 'http://cb'));
+    res.end('signed in\n');
+  });
+  await new Promise((resolve) => cbServer.listen(0, '127.0.0.1', resolve));
+  const redirectUri = `http://127.0.0.1:${cbServer.address().port}/callback`;
+  const authorize = () => {
+    const verifier = randomBytes(32).toString('base64url');
+    const state = randomBytes(8).toString('hex');
+    const nonce = randomBytes(8).toString('hex');
+    const u = new URL(disco.authorization_endpoint);
+    Object.entries({
+      client_id: 'jit-gateway', response_type: 'code', scope: 'openid email profile', redirect_uri: redirectUri,
+      state, nonce, code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256',
+    }).forEach(([k, v]) => u.searchParams.set(k, v));
+    return { url: u.href, verifier, state, nonce };
+  };
+  const browser = (args) => new Promise((resolve) => {
+    const p = spawn(process.execPath, [path.join(here, 'browser.mjs'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { err += d; });
+    p.on('exit', (code) => resolve({ code, out, err: err.trim() }));
+  });
+
+  const a = authorize();
+  let b = await browser(['--user', 'bob', a.url]);
+  const cb = hits.at(-1);
+  const code = cb?.searchParams.get('code');
+  check(b.code === 0 && b.out === '' && /answered HTTP 200$/.test(b.err) && cb?.pathname === '/callback'
+    && cb.searchParams.get('state') === a.state && cb.searchParams.get('iss') === issuer && !!code,
+  'browser.mjs delivers code + state + iss to the callback', b.err);
+  check(!b.err.includes(code) && !b.err.includes(a.state) && !b.err.includes('bob-password'),
+    'browser.mjs does not print code, state or password');
+  const tok = await form(disco.token_endpoint, {
+    grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: a.verifier,
+  }, clients['jit-gateway']);
+  idt = decodeJwt(tok.body.id_token ?? 'e30.e30');
+  check(tok.status === 200 && idt.payload.aud === 'jit-gateway' && idt.payload.email === 'bob@example.test'
+    && idt.payload.nonce === a.nonce, 'browser.mjs code redeems for bob\'s ID token', JSON.stringify(idt.payload));
+
+  const before = hits.length;
+  b = await browser(['--user', 'bob', '--password', 'not-bobs', authorize().url]);
+  check(b.code === 1 && hits.length === before && !b.err.includes('not-bobs'),
+    'browser.mjs wrong password: exit 1, callback not called', b.err);
+
+  const d = authorize();
+  b = await browser(['--deny', d.url]);
+  check(b.code === 0 && hits.at(-1)?.searchParams.get('error') === 'access_denied' && hits.at(-1)?.searchParams.get('state') === d.state,
+    'browser.mjs --deny delivers error=access_denied', b.err);
+  cbServer.close();
 }
 
 // --- stdin close -> exit ------------------------------------------------------

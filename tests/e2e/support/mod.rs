@@ -100,6 +100,8 @@ impl GwOptions {
 pub struct Gw {
     pub gateway: Arc<Gateway>,
     pub port: u16,
+    /// The HTTPS API's port, when the configuration has `[api]`.
+    pub api_port: Option<u16>,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     shutdown: CancellationToken,
@@ -165,15 +167,26 @@ dir = "recordings"
     }
 
     async fn start_with(config: Config, config_path: PathBuf, tmp: tempfile::TempDir) -> Gw {
+        Gw::start_on(config, config_path, tmp, None).await
+    }
+
+    async fn start_on(config: Config, config_path: PathBuf, tmp: tempfile::TempDir, ports: Option<(u16, Option<u16>)>) -> Gw {
+        let has_api = config.api.is_some();
         let gateway = Gateway::open(config, Arc::new(SystemClock)).expect("gateway opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ssh_port, api_port) = ports.unwrap_or((0, Some(0)));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let api = match (has_api, api_port) {
+            (true, Some(p)) => Some(tokio::net::TcpListener::bind(("127.0.0.1", p)).await.unwrap()),
+            _ => None,
+        };
+        let api_port = api.as_ref().map(|l| l.local_addr().unwrap().port());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let gateway = Arc::clone(&gateway);
             let shutdown = shutdown.clone();
             async move {
-                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api: None }, shutdown).await.expect("gateway runs");
+                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api }, shutdown).await.expect("gateway runs");
             }
         });
         // The admin socket exists once `run` is serving.
@@ -183,7 +196,93 @@ dir = "recordings"
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Gw { gateway, port, dir: tmp.path().to_path_buf(), config_path, shutdown, task: Some(task), _tmp: tmp }
+        Gw { gateway, port, api_port, dir: tmp.path().to_path_buf(), config_path, shutdown, task: Some(task), _tmp: tmp }
+    }
+
+    /// Stops the gateway (its files stay).
+    pub async fn shutdown_only(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+
+    /// Stops the gateway and lets go of its store (so other processes may open
+    /// the file); the returned directory keeps the files alive.
+    pub async fn stop_keep_files(mut self) -> tempfile::TempDir {
+        self.shutdown_only().await;
+        let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().unwrap());
+        let store = Arc::clone(&self.gateway.store);
+        drop(self);
+        for _ in 0..200 {
+            if Arc::strong_count(&store) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(Arc::strong_count(&store), 1, "the store is still in use");
+        tmp
+    }
+
+    /// Stops the gateway and starts it again on the same state, keys and ports.
+    pub async fn restart(mut self) -> Gw {
+        self.shutdown_only().await;
+        let ports = (self.port, self.api_port);
+        let config_path = self.config_path.clone();
+        let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().unwrap());
+        drop(self);
+        let config = Config::load(&config_path).expect("configuration");
+        Gw::start_on(config, config_path, tmp, Some((ports.0, ports.1))).await
+    }
+
+    /// The gateway's API base URL and its (self-signed) certificate.
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port.expect("[api] configured"))
+    }
+
+    pub fn tls_certificate(&self) -> PathBuf {
+        self.gateway.config.gateway.certs_dir.join("tls.crt")
+    }
+
+    /// Runs the `jit-gateway` binary as the person whose API session is in `session`.
+    pub async fn cli_as(&self, session: &Path, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["--config", self.config_path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jit-gateway"));
+        cmd.env("JITGW_SESSION", session).args(&all);
+        run(&mut cmd, None, Duration::from_secs(60)).await
+    }
+
+    /// `jit-gateway login` as `user`, approving the device code at the provider.
+    /// Returns the session file.
+    pub async fn login(&self, provider: &Provider, user: &str) -> PathBuf {
+        use tokio::io::AsyncBufReadExt;
+        let session = self.dir.join(format!("session-{user}.json"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jit-gateway"))
+            .env("JITGW_SESSION", &session)
+            .args(["login", "--gateway", &self.api_url(), "--ca-file", self.tls_certificate().to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let code = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(at) = line.find("user_code=") {
+                    return Some(line[at + 10..].split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+            None
+        })
+        .await
+        .expect("login prints a code")
+        .expect("a user code");
+        assert!(provider.approve(user, &code, false).await);
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("login finishes").unwrap();
+        assert!(status.success(), "login as {user}");
+        session
     }
 
     /// Stops the gateway and waits for it (sessions ended, recordings sealed).
