@@ -27,9 +27,16 @@ struct Saved {
     expires_ms: i64,
 }
 
+static SESSION_FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// `--session FILE` (or `JITGW_SESSION`).
+pub fn use_session_file(path: PathBuf) {
+    let _ = SESSION_FILE.set(path);
+}
+
 fn session_file() -> PathBuf {
-    if let Some(p) = std::env::var_os("JITGW_SESSION") {
-        return PathBuf::from(p);
+    if let Some(p) = SESSION_FILE.get() {
+        return p.clone();
     }
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)

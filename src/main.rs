@@ -14,6 +14,9 @@ struct Args {
     /// Configuration file.
     #[arg(short, long, env = "JITGW_CONFIG", default_value = "/etc/jit-gateway/jit-gateway.toml", global = true)]
     config: PathBuf,
+    /// Where `login` keeps the API session (default ~/.config/jit-gateway/session.json).
+    #[arg(long, env = "JITGW_SESSION", global = true)]
+    session: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -100,6 +103,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let serving = matches!(args.command, None | Some(Command::Serve));
+    if let Some(path) = &args.session {
+        cli_api::use_session_file(path.clone());
+    }
     cli::init_logging(serving);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
