@@ -295,6 +295,43 @@ pub async fn grant(config_path: &Path, command: GrantCommand) -> Result<()> {
     Ok(())
 }
 
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Bind a client key to a person without a sign-in (automation runners, break-glass).
+    Bind {
+        #[arg(long)]
+        user: String,
+        /// The SSH user name the person types at the gateway (default: --user).
+        #[arg(long)]
+        login_name: Option<String>,
+        /// The OpenSSH public key file.
+        #[arg(long)]
+        public_key: PathBuf,
+        #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "12h")]
+        duration: Duration,
+    },
+    /// Remove every binding of a key.
+    Unbind {
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+}
+
+pub async fn key(config_path: &Path, command: KeyCommand) -> Result<()> {
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    match command {
+        KeyCommand::Bind { user, login_name, public_key, duration } => {
+            let data = call(config_path, Request::KeyBind { user, login_name, public_key: read(&public_key)?, duration_secs: duration.as_secs() }).await?;
+            println!("bound {} to {} until {}", data["fingerprint"].as_str().unwrap_or("?"), data["user"].as_str().unwrap_or("?"), format_ms(data["expires_ms"].as_i64().unwrap_or(0)));
+        }
+        KeyCommand::Unbind { public_key } => {
+            let data = call(config_path, Request::KeyUnbind { public_key: read(&public_key)? }).await?;
+            println!("removed {} binding(s)", data["removed"]);
+        }
+    }
+    Ok(())
+}
+
 #[derive(Args)]
 pub struct SessionsArgs {
     #[command(subcommand)]

@@ -192,6 +192,9 @@ fn default_http_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordingConfig {
+    /// Record sessions at all. Turning it off keeps audit events (commands, sign-ins,
+    /// grants) but no session content; it is logged loudly at start.
+    pub enabled: bool,
     pub dir: PathBuf,
     /// Record what users type in pty sessions (may contain passwords typed at prompts).
     pub record_input: bool,
@@ -208,6 +211,7 @@ pub struct RecordingConfig {
 impl Default for RecordingConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             dir: PathBuf::from("/var/lib/jit-gateway/recordings"),
             record_input: false,
             exec_output_cap: ByteSize(64 << 20),

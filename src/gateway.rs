@@ -130,7 +130,16 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
         targets = gateway.config.targets.len(),
         "jit-gateway is running"
     );
-    gateway.audit(AuditEvent::new("gateway.started", "jit-gateway", serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))).await;
+    if !gateway.config.recording.enabled {
+        tracing::warn!("recording.enabled = false: sessions are NOT recorded");
+    }
+    gateway
+        .audit(AuditEvent::new(
+            "gateway.started",
+            "jit-gateway",
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "recording": gateway.config.recording.enabled}),
+        ))
+        .await;
 
     shutdown.cancelled().await;
     let live = gateway.sessions.end_all("the gateway is shutting down");

@@ -35,6 +35,9 @@ enum Command {
     /// Add, list and revoke grants (local admin, through the admin socket).
     #[command(subcommand)]
     Grant(cli::GrantCommand),
+    /// Bind client keys to people without a sign-in (local admin).
+    #[command(subcommand)]
+    Key(cli::KeyCommand),
     /// List live sessions, or end one (through the API when signed in, else the admin socket).
     Sessions(cli::SessionsArgs),
     /// Sign in to the gateway's HTTPS API (device code, or --browser).
@@ -121,6 +124,7 @@ fn main() -> std::process::ExitCode {
             Command::SshConfig(a) => cli::ssh_config(&args.config, a),
             Command::Ca(c) => cli::ca(&args.config, c),
             Command::Grant(c) => cli::grant(&args.config, c).await,
+            Command::Key(c) => cli::key(&args.config, c).await,
             Command::Sessions(a) => cli::sessions(&args.config, a).await,
             Command::Recordings(a) => cli::recordings(&args.config, a).await,
             Command::Replay(a) => cli::replay(&args.config, a),

@@ -108,6 +108,65 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             gateway.audit(AuditEvent::new("session.killed", account, json!({"session": id, "reason": reason}))).await;
             Ok(json!({"session": id, "ended": true}))
         }
+        Request::KeyBind { user, login_name, public_key, duration_secs } => {
+            let key = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| format!("not an OpenSSH public key: {e}"))?;
+            let user = user.trim().to_string();
+            if user.is_empty() || user.contains(char::is_whitespace) {
+                return Err("--user must name one person".into());
+            }
+            if duration_secs == 0 || Duration::from_secs(duration_secs) > MAX_GRANT {
+                return Err("--for must be between 1s and 7d".into());
+            }
+            let identity = crate::store::Identity {
+                id: crate::store::Identity::id_for("local-admin", &user),
+                issuer: "local-admin".into(),
+                subject: user.clone(),
+                user: user.clone(),
+                login_name: login_name.clone(),
+                display_name: None,
+                groups: vec![],
+                first_seen_ms: now,
+                last_sign_in_ms: now,
+            };
+            let binding = crate::store::KeyBinding {
+                fingerprint: crate::keys::fingerprint(&key),
+                identity_id: identity.id.clone(),
+                user: user.clone(),
+                algorithm: key.algorithm().to_string(),
+                bound_at_ms: now,
+                expires_at_ms: now + duration_secs as i64 * 1000,
+                client_ip: None,
+            };
+            let event = AuditEvent::new(
+                "key.bound",
+                account,
+                json!({"user": user, "key": binding.fingerprint, "expires": format_ms(binding.expires_at_ms)}),
+            );
+            let shown = json!({"user": user, "fingerprint": binding.fingerprint, "expires_ms": binding.expires_at_ms});
+            blocking(&gateway.store, move |s| {
+                if s.identity(&identity.id)?.is_none() {
+                    s.upsert_identity(&identity)?;
+                }
+                s.bind_key(&binding)?;
+                s.append_audit(&event, now).map(|_| ())
+            })
+            .await
+            .map_err(store_err)?;
+            Ok(shown)
+        }
+        Request::KeyUnbind { public_key } => {
+            let key = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| format!("not an OpenSSH public key: {e}"))?;
+            let fp = crate::keys::fingerprint(&key);
+            let event = AuditEvent::new("key.unbound", account, json!({"key": fp}));
+            let removed = blocking(&gateway.store, move |s| {
+                let n = s.remove_key_bindings(&fp)?;
+                s.append_audit(&event, now)?;
+                Ok(n)
+            })
+            .await
+            .map_err(store_err)?;
+            Ok(json!({"removed": removed}))
+        }
         Request::Recordings { limit } => {
             let limit = limit.clamp(1, 10_000);
             let recordings = blocking(&gateway.store, move |s| s.recordings(limit)).await.map_err(store_err)?;

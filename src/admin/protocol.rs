@@ -43,6 +43,18 @@ pub enum Request {
         #[serde(default = "default_limit")]
         limit: usize,
     },
+    /// Binds a client key to a person without a sign-in (automation, break-glass).
+    KeyBind {
+        user: String,
+        #[serde(default)]
+        login_name: Option<String>,
+        /// OpenSSH public key line.
+        public_key: String,
+        duration_secs: u64,
+    },
+    KeyUnbind {
+        public_key: String,
+    },
 }
 
 fn default_limit() -> usize {

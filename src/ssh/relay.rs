@@ -182,6 +182,9 @@ async fn record(state: &SharedState, ctx: &ChannelCtx, stream: Stream, data: &By
 
 /// Starts the channel's recording when it learns what the channel is.
 async fn start_recording(state: &SharedState, ctx: &ChannelCtx, kind: RecordingKind, command: Option<String>) -> bool {
+    if !ctx.gateway.config.recording.enabled {
+        return true;
+    }
     let (term, cols, rows) = match &lock(state).pty {
         Some(p) => (Some(p.term.clone()), p.cols, p.rows),
         None => (None, 80, 24),

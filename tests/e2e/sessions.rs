@@ -251,3 +251,19 @@ async fn agent_forwarding_is_refused_unless_configured() {
     let out = with_forwarded_agent(&w.alice, "echo agent=[${SSH_AUTH_SOCK:-none}]").await;
     assert_eq!(text(&out.stdout).trim(), "agent=[none]", "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_by_the_local_admin_logs_in_until_it_is_unbound() {
+    let Some(w) = World::new("").await else { return };
+    let runner = Client::new(&w.gw, "ci-runner", "");
+    let key_file = runner.key.with_extension("pub");
+    let bound = w.gw.cli(&["key", "bind", "--user", "ci-runner@example.test", "--login-name", "ci-runner", "--public-key", key_file.to_str().unwrap(), "--for", "1h"]).await;
+    assert!(bound.status.success(), "{}", text(&bound.stderr));
+    w.gw.grant("ci-runner@example.test", "vm1", &[LOGIN], Duration::from_secs(600)).await;
+    let out = runner.exec("vm1", "echo automation", None).await;
+    assert_eq!(text(&out.stdout).trim(), "automation", "{}", text(&out.stderr));
+    let unbound = w.gw.cli(&["key", "unbind", "--public-key", key_file.to_str().unwrap()]).await;
+    assert!(text(&unbound.stdout).contains("removed 1 binding"), "{}", text(&unbound.stdout));
+    let refused = runner.exec("vm1", "echo again", None).await;
+    assert!(!refused.status.success(), "an unbound key needs a sign-in again (batch mode cannot)");
+}
