@@ -33,7 +33,22 @@ fn load(config: &Path) -> Result<Config> {
     Config::load(config).map_err(|e| anyhow!("{e}\n(give the configuration with --config or JITGW_CONFIG)"))
 }
 
+/// Each session holds a few sockets; let the gateway use as many descriptors as the system allows.
+fn raise_open_file_limit() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 pub async fn serve(config_path: &Path) -> Result<()> {
+    raise_open_file_limit();
     let config = load(config_path)?;
     let listen = config.ssh.listen;
     let gateway = Gateway::open(config, Arc::new(SystemClock))?;
