@@ -49,6 +49,7 @@ fn raise_open_file_limit() {
 
 pub async fn serve(config_path: &Path) -> Result<()> {
     raise_open_file_limit();
+    jit_gateway::memory::limit_arenas();
     let config = load(config_path)?;
     let listen = config.ssh.listen;
     let gateway = Gateway::open(config, Arc::new(SystemClock))?;

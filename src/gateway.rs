@@ -113,6 +113,7 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
         .map_err(|e| StartError::Admin { path: gateway.config.admin_socket().display().to_string(), message: e.to_string() })?;
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
+    tasks.spawn(crate::memory::housekeeping(Arc::clone(&gateway.sessions), shutdown.clone()));
     tasks.spawn(crate::admin::serve(Arc::clone(&gateway), admin, shutdown.clone()));
     tasks.spawn(crate::ssh::serve(Arc::clone(&gateway), listeners.ssh, shutdown.clone()));
     if let Some(api) = listeners.api {

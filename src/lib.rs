@@ -22,6 +22,7 @@ pub mod config;
 pub mod gateway;
 pub mod ids;
 pub mod keys;
+pub mod memory;
 pub mod notify;
 pub mod oidc;
 pub mod policy;

@@ -110,7 +110,14 @@ fn main() -> std::process::ExitCode {
         cli_api::use_session_file(path.clone());
     }
     cli::init_logging(serving);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Store calls run on the blocking pool; they are short, so a small pool is
+    // enough and keeps idle memory low (each thread would keep its own malloc arena).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(5))
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("jit-gateway: cannot start the runtime: {e}");
