@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn inventory() -> BTreeMap<String, TargetConfig> {
-        let t = TargetConfig { address: "10.0.0.4".into(), ssh_port: 2201, host_key: None, tags: vec![], description: String::new() };
+        let t = TargetConfig { address: "10.0.0.4".into(), ssh_port: 2201, host_key: None, tags: vec![], description: String::new(), azure_vm: None };
         BTreeMap::from([("vm1".to_string(), t)])
     }
 

@@ -52,7 +52,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     jit_gateway::memory::limit_arenas();
     let config = load(config_path)?;
     let listen = config.ssh.listen;
-    let gateway = Gateway::open(config, Arc::new(SystemClock))?;
+    let gateway = Gateway::open(config, Arc::new(SystemClock)).await?;
     let ssh = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (ssh.listen)"))?;
     let api = match gateway.config.api.as_ref().map(|a| a.listen) {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (api.listen)"))?),
@@ -499,5 +499,68 @@ pub fn verify(config_path: &Path, args: VerifyArgs) -> Result<()> {
         manifest.login,
         format_ms(manifest.started_ms)
     );
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum AzureCommand {
+    /// What the gateway sees in Azure for each target: address, NSGs, and whether an opening matters.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn azure(config_path: &Path, command: AzureCommand) -> Result<()> {
+    let AzureCommand::Check { json } = command;
+    let config = load(config_path)?;
+    let az = config.azure.as_ref().ok_or_else(|| anyhow!("the configuration has no [azure] section"))?;
+    let arm = jit_gateway::azure::Arm::new(az)?;
+    let inventory = jit_gateway::azure::Inventory::new(config.targets.clone());
+    let problems = inventory.refresh(&arm, &config.targets, &az.discover).await;
+    let mut report = Vec::new();
+    let mut warnings = Vec::new();
+    for (name, target) in inventory.snapshot().iter() {
+        let Some(vm) = &target.azure_vm else { continue };
+        let Some(net) = inventory.network(name).await else {
+            report.push(serde_json::json!({"target": name, "vm": vm, "error": "not resolved"}));
+            continue;
+        };
+        let mut nsgs = Vec::new();
+        for (role, nsg) in [("nic", &net.nic_nsg), ("subnet", &net.subnet_nsg)] {
+            let Some(nsg) = nsg else { continue };
+            match jit_gateway::azure::nsg_check(&arm, nsg, target.ssh_port, az.priority_range).await {
+                Ok(check) => {
+                    if check.deny_below.is_none() {
+                        warnings.push(format!(
+                            "{name}: the {role} NSG has no inbound Deny for port {} after the gateway's priorities ({}-{}): Azure's default AllowVnetInBound (65000) already lets the whole virtual network in, so opening the port changes nothing. Add a Deny rule for port {} at a priority above {}.",
+                            target.ssh_port, az.priority_range[0], az.priority_range[1], target.ssh_port, az.priority_range[1]
+                        ));
+                    }
+                    nsgs.push(serde_json::json!({"role": role, "nsg": nsg, "deny_below": check.deny_below, "gateway_rules": check.gateway_rules}));
+                }
+                Err(e) => nsgs.push(serde_json::json!({"role": role, "nsg": nsg, "error": e.to_string()})),
+            }
+        }
+        if nsgs.is_empty() {
+            warnings.push(format!("{name}: neither its NIC nor its subnet has an NSG: nothing restricts port {}", target.ssh_port));
+        }
+        report.push(serde_json::json!({"target": name, "vm": net.vm_id, "location": net.location, "private_ip": net.private_ip, "port": target.ssh_port, "nsgs": nsgs}));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"opener": az.opener, "gateway_ip": az.gateway_ip, "targets": report, "warnings": warnings, "problems": problems}))?);
+        return Ok(());
+    }
+    println!("opener {:?}, gateway address {}", az.opener, az.gateway_ip);
+    for t in &report {
+        println!("\n{}  {}:{}  {}", t["target"].as_str().unwrap_or("?"), t["private_ip"].as_str().unwrap_or("?"), t["port"], t["vm"].as_str().unwrap_or("?"));
+        for n in t["nsgs"].as_array().into_iter().flatten() {
+            let deny = n["deny_below"].as_str().map(|d| format!("deny underneath: {d}")).unwrap_or_else(|| "NO deny rule underneath".into());
+            println!("  {:<7} {}  {}", n["role"].as_str().unwrap_or(""), n["nsg"].as_str().unwrap_or(""), n["error"].as_str().unwrap_or(&deny));
+        }
+    }
+    for w in warnings.iter().chain(problems.iter()) {
+        println!("\nwarning: {w}");
+    }
     Ok(())
 }

@@ -45,6 +45,8 @@ pub struct Config {
     pub api: Option<ApiConfig>,
     /// Webhook notifications of requests and decisions. Off when absent.
     pub notify: Option<crate::notify::NotifyConfig>,
+    /// Azure: opening ports in NSGs or with Defender JIT, and targets from Azure. Off when absent.
+    pub azure: Option<crate::azure::AzureConfig>,
     /// The inventory: the only places the gateway ever connects to.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
@@ -115,6 +117,11 @@ pub struct SshConfig {
     /// Keepalive toward clients and targets; three missed answers end the connection.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// Ciphers offered to clients, in order. OpenSSH clients prefer ChaCha20-Poly1305 and
+    /// AES-CTR when offered; AES-GCM (with AES-NI) costs the gateway about half as much CPU,
+    /// so only AES-GCM is offered by default. Add "chacha20-poly1305@openssh.com" for
+    /// clients without AES-GCM.
+    pub ciphers: Vec<String>,
 }
 
 impl Default for SshConfig {
@@ -134,6 +141,7 @@ impl Default for SshConfig {
             upstream_certificate_ttl: Duration::from_secs(300),
             upstream_host_key_policy: HostKeyPolicy::Tofu,
             keepalive_interval: Duration::from_secs(30),
+            ciphers: vec!["aes128-gcm@openssh.com".into(), "aes256-gcm@openssh.com".into()],
         }
     }
 }
@@ -251,6 +259,8 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// Address the gateway connects to (IP or DNS name, never chosen by a user).
+    /// For an Azure VM (`azure_vm`) it may be left out: the NIC's private IP is used.
+    #[serde(default)]
     pub address: String,
     #[serde(default = "default_ssh_port")]
     pub ssh_port: u16,
@@ -260,6 +270,9 @@ pub struct TargetConfig {
     pub tags: Vec<String>,
     #[serde(default)]
     pub description: String,
+    /// The Azure VM's resource ID (`/subscriptions/.../virtualMachines/<name>`).
+    #[serde(default)]
+    pub azure_vm: Option<String>,
 }
 
 fn default_ssh_port() -> u16 {
@@ -374,6 +387,11 @@ impl Config {
                 resolve(p);
             }
         }
+        if let Some(azure) = self.azure.as_mut() {
+            for p in [azure.ca_file.as_mut(), azure.client_secret_file.as_mut()].into_iter().flatten() {
+                resolve(p);
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -397,6 +415,14 @@ impl Config {
         if self.ssh.max_pending_sign_ins == 0 {
             return Err(invalid("ssh.max_pending_sign_ins", "must be at least 1"));
         }
+        if self.ssh.ciphers.is_empty() {
+            return Err(invalid("ssh.ciphers", "offer at least one cipher"));
+        }
+        for (i, name) in self.ssh.ciphers.iter().enumerate() {
+            if russh::cipher::Name::try_from(name.as_str()).is_err() || name == "none" || name == "clear" {
+                return Err(invalid(format!("ssh.ciphers[{i}]"), format!("`{name}` is not a supported cipher (aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com, aes256-ctr, aes192-ctr, aes128-ctr)")));
+            }
+        }
         for (i, name) in self.ssh.allowed_env.iter().enumerate() {
             let stem = name.strip_suffix('*').unwrap_or(name);
             if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -418,8 +444,16 @@ impl Config {
                     "a target name is lower-case letters, digits and '-', and not an IP address",
                 ));
             }
-            if target.address.trim().is_empty() {
-                return Err(invalid(key("address"), "must not be empty"));
+            if target.address.trim().is_empty() && target.azure_vm.is_none() {
+                return Err(invalid(key("address"), "give the target's address (or its azure_vm resource ID)"));
+            }
+            if let Some(id) = &target.azure_vm {
+                if crate::azure::parse_id(id).is_none() || !id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/") {
+                    return Err(invalid(key("azure_vm"), "must be a VM resource ID: /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>"));
+                }
+                if self.azure.is_none() {
+                    return Err(invalid(key("azure_vm"), "needs an [azure] section"));
+                }
             }
             if target.ssh_port == 0 {
                 return Err(invalid(key("ssh_port"), "must not be 0"));
@@ -436,6 +470,9 @@ impl Config {
             if api.tls_cert.is_some() != api.tls_key.is_some() {
                 return Err(invalid("api.tls_cert", "give both tls_cert and tls_key, or neither"));
             }
+        }
+        if let Some((key, problem)) = self.azure.as_ref().and_then(|a| a.problems()) {
+            return Err(invalid(key, problem));
         }
         if let Some(problem) = self.notify.as_ref().and_then(|n| n.problem()) {
             return Err(invalid("notify.webhook_url", problem));

@@ -32,6 +32,34 @@ pub enum StartError {
     Recordings(std::io::Error),
     #[error("admin socket {path}: {message}")]
     Admin { path: String, message: String },
+    #[error("{0}")]
+    Azure(String),
+}
+
+/// The port opener the configuration asks for, and the Azure client if any.
+async fn port_openings(
+    config: &Config,
+    store: &SharedStore,
+    clock: &SharedClock,
+    inventory: &Arc<crate::azure::Inventory>,
+) -> Result<(Arc<crate::ports::Openings>, Option<Arc<crate::azure::Arm>>), StartError> {
+    use crate::azure::{Arm, DefenderJit, NsgRules, OpenerKind};
+    use crate::ports::{NoneOpener, Openings, PortOpener};
+    let Some(az) = &config.azure else {
+        return Ok((Openings::new(Arc::new(NoneOpener), Arc::clone(store), Arc::clone(clock), std::time::Duration::ZERO), None));
+    };
+    let arm = Arc::new(Arm::new(az).map_err(|e| StartError::Azure(e.to_string()))?);
+    let gateway_ip = if az.gateway_ip == "imds" {
+        crate::azure::imds_private_ip().await.map_err(|e| StartError::Azure(format!("azure.gateway_ip = \"imds\": {e}")))?
+    } else {
+        az.gateway_ip.clone()
+    };
+    let opener: Arc<dyn PortOpener> = match az.opener {
+        OpenerKind::None => Arc::new(NoneOpener),
+        OpenerKind::AzureNsg => Arc::new(NsgRules::new(Arc::clone(&arm), Arc::clone(inventory), gateway_ip, az.priority_range)),
+        OpenerKind::AzureDefenderJit => Arc::new(DefenderJit::new(Arc::clone(&arm), Arc::clone(inventory), gateway_ip, az.jit_policy.clone())),
+    };
+    Ok((Openings::new(opener, Arc::clone(store), Arc::clone(clock), az.linger), Some(arm)))
 }
 
 pub struct Gateway {
@@ -48,18 +76,25 @@ pub struct Gateway {
     /// The outer SSH server's configuration (host key, algorithms, limits).
     pub outer_ssh: Arc<russh::server::Config>,
     pub notifier: crate::notify::Notifier,
-    /// Cloud firewall openings for targets (the `none` backend until one is configured).
+    /// Cloud firewall openings for targets (the `none` backend unless `[azure]` says otherwise).
     pub ports: Arc<crate::ports::Openings>,
+    /// The targets as currently known (configuration, Azure addresses, discovered VMs).
+    pub inventory: Arc<crate::azure::Inventory>,
+    pub arm: Option<Arc<crate::azure::Arm>>,
 }
 
 impl Gateway {
     /// Opens the state directory, store and keys. Nothing listens yet.
-    pub fn open(config: Config, clock: SharedClock) -> Result<Arc<Gateway>, StartError> {
+    pub async fn open(config: Config, clock: SharedClock) -> Result<Arc<Gateway>, StartError> {
         let state = &config.gateway.state_dir;
         let state_err = |source| StartError::StateDir { path: state.display().to_string(), source };
         std::fs::create_dir_all(state).map_err(state_err)?;
         std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
         let keys = Arc::new(KeyMaterial::load_or_generate(&config.gateway.certs_dir)?);
+        if config.api.as_ref().is_some_and(|a| a.tls_cert.is_none()) {
+            // Before anything listens: clients may read certs/tls.crt as soon as the gateway is up.
+            crate::api::default_identity(&config, &keys)?;
+        }
         let signer = Arc::clone(&keys);
         let store: SharedStore = Arc::new(
             RedbStore::open(&state.join("gateway.redb"))?
@@ -71,13 +106,16 @@ impl Gateway {
             RecordingService::new(config.recording.clone(), Arc::clone(&store), Arc::clone(&keys), Arc::clone(&clock))
                 .map_err(StartError::Recordings)?,
         );
-        let ports = Arc::new(crate::ports::Openings::new(Arc::new(crate::ports::NoneOpener)));
+        let inventory = Arc::new(crate::azure::Inventory::new(config.targets.clone()));
+        let (ports, arm) = port_openings(&config, &store, &clock, &inventory).await?;
         let enforcer = GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions), Arc::clone(&ports));
         let outer_ssh = Arc::new(crate::ssh::outer_config(&config, &keys));
         Ok(Arc::new(Gateway {
             sign_ins: Arc::new(Semaphore::new(config.ssh.max_pending_sign_ins)),
             notifier: crate::notify::Notifier::new(config.notify.clone()),
             ports,
+            inventory,
+            arm,
             config: Arc::new(config),
             keys,
             store,
@@ -114,6 +152,23 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
     tasks.spawn(crate::memory::housekeeping(Arc::clone(&gateway.sessions), shutdown.clone()));
+    tasks.spawn(Arc::clone(&gateway.ports).run(shutdown.clone()));
+    if let (Some(arm), Some(az)) = (gateway.arm.clone(), gateway.config.azure.clone()) {
+        let (gw, stop) = (Arc::clone(&gateway), shutdown.clone());
+        tasks.spawn(async move {
+            // Azure addresses and leftover openings: now, then every reconcile interval.
+            loop {
+                for problem in gw.inventory.refresh(&arm, &gw.config.targets, &az.discover).await {
+                    tracing::warn!(%problem, "Azure inventory");
+                }
+                gw.ports.reconcile().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(az.reconcile_interval) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     tasks.spawn(crate::admin::serve(Arc::clone(&gateway), admin, shutdown.clone()));
     tasks.spawn(crate::ssh::serve(Arc::clone(&gateway), listeners.ssh, shutdown.clone()));
     if let Some(api) = listeners.api {
@@ -128,7 +183,8 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
     tracing::info!(
         ssh = %gateway.config.ssh.listen,
         admin = %gateway.config.admin_socket().display(),
-        targets = gateway.config.targets.len(),
+        targets = gateway.inventory.snapshot().len(),
+        ports = gateway.ports.kind(),
         "jit-gateway is running"
     );
     if !gateway.config.recording.enabled {

@@ -17,6 +17,7 @@ pub mod access;
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod azure;
 pub mod clock;
 pub mod config;
 pub mod gateway;

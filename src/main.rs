@@ -35,6 +35,9 @@ enum Command {
     /// Add, list and revoke grants (local admin, through the admin socket).
     #[command(subcommand)]
     Grant(cli::GrantCommand),
+    /// Azure: check what the gateway sees for each target.
+    #[command(subcommand)]
+    Azure(cli::AzureCommand),
     /// Bind client keys to people without a sign-in (local admin).
     #[command(subcommand)]
     Key(cli::KeyCommand),
@@ -132,6 +135,7 @@ fn main() -> std::process::ExitCode {
             Command::Ca(c) => cli::ca(&args.config, c),
             Command::Grant(c) => cli::grant(&args.config, c).await,
             Command::Key(c) => cli::key(&args.config, c).await,
+            Command::Azure(c) => cli::azure(&args.config, c).await,
             Command::Sessions(a) => cli::sessions(&args.config, a).await,
             Command::Recordings(a) => cli::recordings(&args.config, a).await,
             Command::Replay(a) => cli::replay(&args.config, a),

@@ -175,9 +175,7 @@ impl GrantEnforcer {
         for grant in due {
             let message = grant_end_message(&grant);
             let sessions = self.sessions.end_grant(&grant.id, &message);
-            if let Err(e) = self.ports.release_grant(&grant.id).await {
-                tracing::error!(grant = %grant.id, error = %e, "cannot close the grant's port opening; reconcile will retry");
-            }
+            self.ports.release_grant(&grant.id).await;
             let id = grant.id.clone();
             let status = grant.status(now);
             let event = AuditEvent::new(

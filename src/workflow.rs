@@ -102,7 +102,8 @@ pub async fn request(gateway: &Gateway, who: &Actor, spec: RequestSpec) -> Workf
         return Err(WorkflowError::Invalid(format!("`{bad}` is not a valid login name")));
     }
     let config = &gateway.config;
-    let plan = match policy::check_request(&config.policy, &config.targets, who, &spec, now) {
+    let inventory = gateway.inventory.snapshot();
+    let plan = match policy::check_request(&config.policy, &inventory, who, &spec, now) {
         Ok(plan) => plan,
         Err(refused) => {
             let details = json!({"user": who.user, "logins": spec.logins, "duration": format_duration_ms(spec.duration.as_millis() as i64),

@@ -30,8 +30,9 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             if user.is_empty() || user.len() > 254 || user.contains(char::is_whitespace) {
                 return Err("--user must name one person as the identity provider does (for example alice@example.test)".into());
             }
-            if !gateway.config.targets.contains_key(&target) {
-                let known: Vec<&str> = gateway.config.targets.keys().map(String::as_str).collect();
+            let inventory = gateway.inventory.snapshot();
+            if !inventory.contains_key(&target) {
+                let known: Vec<&str> = inventory.keys().map(String::as_str).collect();
                 return Err(format!("unknown target `{target}`; the inventory has: {}", known.join(", ")));
             }
             if logins.is_empty() {

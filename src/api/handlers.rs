@@ -96,8 +96,8 @@ pub async fn me(caller: Caller) -> Json<serde_json::Value> {
 pub async fn targets(State(state): State<AppState>, _caller: Caller) -> Json<serde_json::Value> {
     let list: Vec<serde_json::Value> = state
         .gateway
-        .config
-        .targets
+        .inventory
+        .snapshot()
         .iter()
         .map(|(name, t)| json!({"name": name, "tags": t.tags, "description": t.description}))
         .collect();

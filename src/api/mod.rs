@@ -71,6 +71,14 @@ pub enum ApiStartError {
     Tls(String),
 }
 
+/// The self-signed certificate in certs/ (made on first use) for the public host name.
+pub fn default_identity(config: &crate::config::Config, keys: &crate::keys::KeyMaterial) -> Result<(String, crate::secret::Secret<String>), crate::keys::KeyError> {
+    let mut hosts = vec![config.gateway.public_host.clone(), "localhost".into(), "127.0.0.1".into()];
+    hosts.sort();
+    hosts.dedup();
+    keys.tls_identity(&hosts)
+}
+
 fn tls_config(gateway: &Gateway) -> Result<rustls::ServerConfig, ApiStartError> {
     let api = gateway.config.api.as_ref().ok_or_else(|| ApiStartError::Tls("no [api] section".into()))?;
     let (cert_pem, key_pem) = match (&api.tls_cert, &api.tls_key) {
@@ -78,12 +86,7 @@ fn tls_config(gateway: &Gateway) -> Result<rustls::ServerConfig, ApiStartError> 
             std::fs::read_to_string(c).map_err(|e| ApiStartError::Tls(format!("{}: {e}", c.display())))?,
             crate::secret::Secret::new(std::fs::read_to_string(k).map_err(|e| ApiStartError::Tls(format!("{}: {e}", k.display())))?),
         ),
-        _ => {
-            let mut hosts = vec![gateway.config.gateway.public_host.clone(), "localhost".into(), "127.0.0.1".into()];
-            hosts.sort();
-            hosts.dedup();
-            gateway.keys.tls_identity(&hosts).map_err(|e| ApiStartError::Tls(e.to_string()))?
-        }
+        _ => default_identity(&gateway.config, &gateway.keys).map_err(|e| ApiStartError::Tls(e.to_string()))?,
     };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()

@@ -46,6 +46,8 @@ struct InnerHandler {
     permit: Option<Permit>,
     record: Arc<Mutex<Option<SessionRecord>>>,
     _registration: Option<SessionGuard>,
+    /// Keeps the target's port opening in use while this session lives.
+    _opening: Option<crate::ports::SessionHold>,
 }
 
 /// Serves one inner connection until it closes or its session is ended.
@@ -59,7 +61,7 @@ pub async fn serve(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let Some(target_config) = gateway.config.targets.get(&target).cloned() else { return };
+    let Some(target_config) = gateway.inventory.get(&target) else { return };
     let session_id = crate::ids::new_id("s");
     let end = EndSignal::new();
     let kill = stop.child_token();
@@ -86,6 +88,7 @@ pub async fn serve(
         permit: None,
         record: Arc::clone(&record),
         _registration: None,
+        _opening: None,
     };
     let stream = Killable::new(channel.into_stream(), kill.clone());
     let running = match russh::server::run_stream(config, stream, handler).await {
@@ -169,11 +172,16 @@ impl InnerHandler {
             .map_err(|e| format!("the gateway cannot read grants right now ({e})"))?;
         let now = self.gateway.clock.now_ms();
         let permit = access::check_login(&grants, &self.identity.user, &self.target, Protocol::Ssh, &self.login, now).map_err(|d| d.to_string())?;
-        self.gateway
+        if self.target_config.address.is_empty() {
+            return Err(format!("the gateway does not know {}'s address yet (Azure has not answered); try again shortly", self.target));
+        }
+        let hold = self
+            .gateway
             .ports
             .ensure(&permit.grant_id, &self.target, &self.target_config, permit.expires_at_ms)
             .await
             .map_err(|e| format!("the gateway could not open {}'s port: {e}", self.target))?;
+        self._opening = Some(hold);
         let who = Who {
             user: &self.identity.user,
             login: &self.login,

@@ -36,9 +36,10 @@ use crate::keys::KeyMaterial;
 
 pub use killable::Killable;
 
-/// AES-GCM first: with AES-NI it costs a fraction of ChaCha20-Poly1305, and
-/// the gateway encrypts every byte three times (client, inner, upstream).
-const CIPHERS: &[cipher::Name] = &[
+/// Toward targets: AES-GCM first. With AES-NI it costs a fraction of
+/// ChaCha20-Poly1305, and the gateway handles every byte three times
+/// (client, inner connection, target).
+const UPSTREAM_CIPHERS: &[cipher::Name] = &[
     cipher::AES_128_GCM,
     cipher::AES_256_GCM,
     cipher::CHACHA20_POLY1305,
@@ -46,12 +47,21 @@ const CIPHERS: &[cipher::Name] = &[
     cipher::AES_128_CTR,
 ];
 
-pub(crate) fn preferred() -> Preferred {
+/// What the gateway's servers offer clients (`ssh.ciphers`; validated at load).
+fn offered_ciphers(config: &Config) -> Vec<cipher::Name> {
+    config.ssh.ciphers.iter().filter_map(|c| cipher::Name::try_from(c.as_str()).ok()).collect()
+}
+
+pub(crate) fn upstream_preferred() -> Preferred {
     Preferred {
-        cipher: Cow::Borrowed(CIPHERS),
+        cipher: Cow::Borrowed(UPSTREAM_CIPHERS),
         compression: Cow::Borrowed(&[russh::compression::NONE]),
         ..Preferred::default()
     }
+}
+
+fn server_preferred(config: &Config) -> Preferred {
+    Preferred { cipher: Cow::Owned(offered_ciphers(config)), ..upstream_preferred() }
 }
 
 fn server_id() -> SshId {
@@ -73,7 +83,7 @@ pub fn outer_config(config: &Config, keys: &KeyMaterial) -> russh::server::Confi
         keepalive_max: 3,
         max_auth_attempts: 12,
         nodelay: true,
-        preferred: preferred(),
+        preferred: server_preferred(config),
         ..Default::default()
     }
 }
@@ -90,7 +100,7 @@ fn inner_config(config: &Config, host_key: russh::keys::PrivateKey, certificate:
         inactivity_timeout: None,
         keepalive_interval: Some(config.ssh.keepalive_interval),
         keepalive_max: 3,
-        preferred: preferred(),
+        preferred: server_preferred(config),
         ..Default::default()
     }
 }

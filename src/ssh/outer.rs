@@ -296,7 +296,8 @@ enum Jump {
 
 /// The target a signed-in person may jump to, or why not.
 async fn check_jump(gateway: &Gateway, identity: &Identity, host: &str, port: u32) -> Jump {
-    let name = match access::resolve_target(&gateway.config.targets, host, port) {
+    let inventory = gateway.inventory.snapshot();
+    let name = match access::resolve_target(&inventory, host, port) {
         Ok((name, _)) => name.to_string(),
         Err(denied) => return Jump::Unknown(denied),
     };

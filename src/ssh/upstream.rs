@@ -117,7 +117,7 @@ pub async fn connect(
         keepalive_interval: Some(ssh.keepalive_interval),
         keepalive_max: 3,
         nodelay: true,
-        preferred: super::preferred(),
+        preferred: super::upstream_preferred(),
         ..Default::default()
     });
     let handshake = russh::client::connect_stream(client_config, Killable::new(socket, kill), handler);

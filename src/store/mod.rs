@@ -92,6 +92,10 @@ pub trait Store: Send + Sync + 'static {
         at_ms: i64,
     ) -> StoreResult<()>;
 
+    fn upsert_lease(&self, lease: &Lease) -> StoreResult<()>;
+    fn remove_lease(&self, id: &str) -> StoreResult<()>;
+    fn leases(&self) -> StoreResult<Vec<Lease>>;
+
     fn upsert_api_session(&self, session: &ApiSession) -> StoreResult<()>;
     fn api_session(&self, id: &str) -> StoreResult<Option<ApiSession>>;
 }

@@ -249,6 +249,30 @@ pub struct ApiSession {
     pub revoked: bool,
 }
 
+/// A port opening in a cloud firewall, written before the cloud call so a
+/// crash never leaves an opening nobody knows about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    pub grant_id: String,
+    pub target: String,
+    pub port: u16,
+    /// `azure-nsg`, `azure-defender-jit`, ...
+    pub backend: String,
+    pub created_ms: i64,
+    /// The opening never outlives this (the grant's end).
+    pub until_ms: i64,
+    /// When the last session using it ended; it closes after the linger.
+    #[serde(default)]
+    pub idle_since_ms: Option<i64>,
+    /// Set once the backend confirmed the opening.
+    #[serde(default)]
+    pub opened_ms: Option<i64>,
+    /// What the backend created (rule names, NSG IDs, request IDs).
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
 /// One inner SSH connection (one `ssh -J` hop) or one RDP connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {

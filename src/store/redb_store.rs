@@ -24,6 +24,7 @@ const HOST_KEYS: TableDefinition<&str, &str> = TableDefinition::new("host_keys")
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const API_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_sessions");
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// Single values: `audit_head`.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -74,6 +75,7 @@ impl RedbStore {
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(REQUESTS).map_err(db_err)?;
             txn.open_table(API_SESSIONS).map_err(db_err)?;
+            txn.open_table(LEASES).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
@@ -396,6 +398,20 @@ impl Store for RedbStore {
             self.append_in(&txn, event, at_ms)?;
         }
         txn.commit().map_err(db_err)
+    }
+
+    fn upsert_lease(&self, lease: &Lease) -> StoreResult<()> {
+        self.put(LEASES, &lease.id, lease)
+    }
+
+    fn remove_lease(&self, id: &str) -> StoreResult<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(LEASES).map_err(db_err)?.remove(id).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    fn leases(&self) -> StoreResult<Vec<Lease>> {
+        self.all(LEASES)
     }
 
     fn upsert_api_session(&self, session: &ApiSession) -> StoreResult<()> {

@@ -4,6 +4,8 @@
 
 mod support;
 
+mod azure;
+
 mod recordings;
 mod refusals;
 mod robustness;

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_arm;
 pub mod peers;
 
 use std::path::{Path, PathBuf};
@@ -80,11 +81,13 @@ pub struct GwOptions {
     pub vm1_host_key: Option<String>,
     /// Extra lines for the `[ssh]` table.
     pub ssh_extra: String,
+    /// A fixed SSH port (for a gateway run as its own process); 0 otherwise.
+    pub ssh_port: u16,
 }
 
 impl Default for GwOptions {
     fn default() -> Self {
-        GwOptions { issuer: "http://127.0.0.1:9".into(), extra: String::new(), sshd_port: None, vm1_host_key: None, ssh_extra: String::new() }
+        GwOptions { issuer: "http://127.0.0.1:9".into(), extra: String::new(), sshd_port: None, vm1_host_key: None, ssh_extra: String::new(), ssh_port: 0 }
     }
 }
 
@@ -124,6 +127,15 @@ pub fn prepare() -> Prepared {
 
 impl Gw {
     pub async fn start(prepared: Prepared, options: GwOptions) -> Gw {
+        let (tmp, config_path) = write_config(prepared, &options);
+        let config = Config::load(&config_path).expect("test configuration is valid");
+        Gw::start_with(config, config_path, tmp).await
+    }
+}
+
+/// Writes the gateway's configuration into its folder; returns the folder and the file.
+pub fn write_config(prepared: Prepared, options: &GwOptions) -> (tempfile::TempDir, PathBuf) {
+    {
         let tmp = prepared.tmp;
         let dir = tmp.path().to_path_buf();
         std::fs::write(dir.join("client_secret"), "jit-gateway-secret\n").unwrap();
@@ -135,7 +147,7 @@ state_dir = "state"
 certs_dir = "certs"
 
 [ssh]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{ssh_port}"
 keepalive_interval = "5s"
 {ssh_extra}
 
@@ -152,7 +164,8 @@ dir = "recordings"
 "#,
             issuer = options.issuer,
             extra = options.extra,
-            ssh_extra = options.ssh_extra
+            ssh_extra = options.ssh_extra,
+            ssh_port = options.ssh_port
         );
         if let Some(port) = options.sshd_port {
             text.push_str(&format!("\n[targets.vm1]\naddress = \"127.0.0.1\"\nssh_port = {port}\n"));
@@ -162,17 +175,18 @@ dir = "recordings"
         }
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, &text).unwrap();
-        let config = Config::load(&config_path).expect("test configuration is valid");
-        Gw::start_with(config, config_path, tmp).await
+        (tmp, config_path)
     }
+}
 
+impl Gw {
     async fn start_with(config: Config, config_path: PathBuf, tmp: tempfile::TempDir) -> Gw {
         Gw::start_on(config, config_path, tmp, None).await
     }
 
     async fn start_on(config: Config, config_path: PathBuf, tmp: tempfile::TempDir, ports: Option<(u16, Option<u16>)>) -> Gw {
         let has_api = config.api.is_some();
-        let gateway = Gateway::open(config, Arc::new(SystemClock)).expect("gateway opens");
+        let gateway = Gateway::open(config, Arc::new(SystemClock)).await.expect("gateway opens");
         let (ssh_port, api_port) = ports.unwrap_or((0, Some(0)));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -368,17 +382,32 @@ impl Drop for Gw {
 }
 
 /// An OpenSSH client set up for one gateway: its key, config and known_hosts.
+#[derive(Clone)]
 pub struct Client {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub key: PathBuf,
     pub public_key: String,
-    _tmp: tempfile::TempDir,
+    _tmp: Arc<tempfile::TempDir>,
 }
 
 impl Client {
     /// `extra_gateway_options` go into the `Host jit-gateway` block.
     pub fn new(gw: &Gw, user: &str, extra_gateway_options: &str) -> Client {
+        let targets: Vec<&str> = gw.gateway.config.targets.keys().map(String::as_str).collect();
+        let known = gw.gateway.keys.known_hosts_lines("jit-gateway", targets.iter().copied());
+        Client::with(gw.port, &known, user, extra_gateway_options)
+    }
+
+    /// For a gateway running as its own process, from its folder (certs/) and port.
+    pub fn for_process(gateway_dir: &Path, port: u16, user: &str) -> Client {
+        let certs = gateway_dir.join("certs");
+        let line = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        let known = format!("jit-gateway {}\n@cert-authority vm1 {}\n", line("ssh_host_ed25519_key.pub"), line("host_ca_ed25519_key.pub"));
+        Client::with(port, &known, user, "")
+    }
+
+    fn with(port: u16, known: &str, user: &str, extra_gateway_options: &str) -> Client {
         let tmp = tempfile::Builder::new().prefix("c").tempdir_in("/tmp").unwrap();
         let dir = tmp.path().to_path_buf();
         let key = dir.join("id_ed25519");
@@ -389,20 +418,17 @@ impl Client {
             .unwrap();
         assert!(status.success());
         let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let targets: Vec<&str> = gw.gateway.config.targets.keys().map(String::as_str).collect();
-        let known = gw.gateway.keys.known_hosts_lines("jit-gateway", targets.iter().copied());
         std::fs::write(dir.join("known_hosts"), known).unwrap();
         let config = dir.join("ssh_config");
         let text = format!(
             "Host jit-gateway\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  HostKeyAlias jit-gateway\n{extra_gateway_options}\n\
              Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n  \
              ConnectTimeout 10\n  ServerAliveInterval 5\n",
-            port = gw.port,
             key = key.display(),
             known = dir.join("known_hosts").display()
         );
         std::fs::write(&config, text).unwrap();
-        Client { dir, config, key, public_key, _tmp: tmp }
+        Client { dir, config, key, public_key, _tmp: Arc::new(tmp) }
     }
 
     /// `ssh -F config <args...>` with stdin from `input` (or nothing), no terminal.
@@ -477,5 +503,41 @@ impl Tripwire {
 
     pub fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The gateway as its own process (`jit-gateway serve`), for tests that kill it.
+pub struct GwProcess {
+    child: tokio::process::Child,
+    pub config: PathBuf,
+    pub port: u16,
+}
+
+impl GwProcess {
+    pub async fn start(config: &Path, port: u16) -> GwProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_jit-gateway"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the gateway");
+        let up = eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+        assert!(up, "the gateway process listens on {port}");
+        GwProcess { child, config: config.to_path_buf(), port }
+    }
+
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["--config", self.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(Command::new(env!("CARGO_BIN_EXE_jit-gateway")).args(&all), None, Duration::from_secs(30)).await
+    }
+
+    /// kill -9: no cleanup of any kind.
+    pub async fn kill9(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 }
