@@ -1,0 +1,120 @@
+//! Unit tests of `redb_store`.
+
+use super::*;
+
+fn grant(id: &str, user: &str, end: i64) -> Grant {
+    Grant {
+        id: id.into(),
+        user: user.into(),
+        target: "vm1".into(),
+        protocol: Protocol::Ssh,
+        logins: vec!["admin".into()],
+        port_forwarding: false,
+        not_before_ms: 0,
+        expires_at_ms: end,
+        reason: "r".into(),
+        created_by: "root".into(),
+        created_at_ms: end,
+        request_id: None,
+        approved_by: vec![],
+        revocation: None,
+        ended_ms: None,
+    }
+}
+
+fn open() -> (tempfile::TempDir, RedbStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("state/gateway.redb")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn grants_index_by_user_and_end() {
+    let (_dir, store) = open();
+    store.insert_grant(&grant("g-1", "alice@example.test", 1000)).unwrap();
+    store.insert_grant(&grant("g-2", "Alice@Example.test", 3000)).unwrap();
+    store.insert_grant(&grant("g-3", "bob@example.test", 2000)).unwrap();
+    assert!(matches!(store.insert_grant(&grant("g-1", "x", 1)), Err(StoreError::Conflict(_))));
+
+    let alice: Vec<String> = store.grants_for_user("alice@example.test").unwrap().into_iter().map(|g| g.id).collect();
+    assert_eq!(alice, ["g-2", "g-1"]);
+    assert_eq!(store.next_grant_end().unwrap(), Some(1000));
+    let due: Vec<String> = store.grants_due(2000).unwrap().into_iter().map(|g| g.id).collect();
+    assert_eq!(due, ["g-1", "g-3"]);
+
+    // Revoking moves the grant's end; processing it removes it from the index.
+    let g = store
+        .update_grant("g-2", &mut |g| {
+            g.revocation = Some(Revocation { at_ms: 500, by: "root".into(), reason: "done".into() });
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(g.status(600), GrantStatus::Revoked);
+    assert_eq!(store.next_grant_end().unwrap(), Some(500));
+    store.update_grant("g-2", &mut |g| {
+        g.ended_ms = Some(600);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(store.next_grant_end().unwrap(), Some(1000));
+    assert!(matches!(store.update_grant("nope", &mut |_| Ok(())), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn audit_records_form_a_chain() {
+    let (_dir, store) = open();
+    let a = store.append_audit(&AuditEvent::new("grant.created", "root", serde_json::json!({"grant": "g-1"})), 10).unwrap();
+    let b = store.append_audit(&AuditEvent::new("grant.revoked", "root", serde_json::json!({"grant": "g-1"})).on("vm1"), 20).unwrap();
+    assert_eq!((a.seq, b.seq), (1, 2));
+    assert_eq!(a.prev_hash, AUDIT_GENESIS);
+    assert_eq!(b.prev_hash, a.hash);
+    assert_eq!(b.hash, audit_hash(2, 20, "grant.revoked", "root", Some("vm1"), &b.details, &a.hash));
+    assert_eq!(store.audit_records(2, 10).unwrap(), vec![b]);
+}
+
+#[test]
+fn one_key_can_be_bound_to_several_identities() {
+    let (_dir, store) = open();
+    let binding = |identity: &str, user: &str| KeyBinding {
+        fingerprint: "SHA256:abc".into(),
+        identity_id: identity.into(),
+        user: user.into(),
+        algorithm: "ssh-ed25519".into(),
+        bound_at_ms: 1,
+        expires_at_ms: 2,
+        client_ip: None,
+    };
+    store.bind_key(&binding("oidc-a", "alice@example.test")).unwrap();
+    store.bind_key(&binding("oidc-b", "bob@example.test")).unwrap();
+    store.bind_key(&binding("oidc-a", "alice@example.test")).unwrap();
+    let mut other = binding("oidc-a", "alice@example.test");
+    other.fingerprint = "SHA256:abd".into();
+    store.bind_key(&other).unwrap();
+    let users: Vec<String> = store.key_bindings("SHA256:abc").unwrap().into_iter().map(|b| b.user).collect();
+    assert_eq!(users, ["alice@example.test", "bob@example.test"]);
+    assert_eq!(store.remove_key_bindings("SHA256:abc").unwrap(), 2);
+    assert!(store.key_bindings("SHA256:abc").unwrap().is_empty());
+    assert_eq!(store.key_bindings("SHA256:abd").unwrap().len(), 1);
+}
+
+#[test]
+fn host_keys_are_pinned_once() {
+    let (_dir, store) = open();
+    assert_eq!(store.pinned_host_key("vm1").unwrap(), None);
+    store.pin_host_key("vm1", "ssh-ed25519 AAA").unwrap();
+    store.pin_host_key("vm1", "ssh-ed25519 AAA").unwrap();
+    assert!(store.pin_host_key("vm1", "ssh-ed25519 BBB").is_err());
+    assert_eq!(store.pinned_host_key("vm1").unwrap().as_deref(), Some("ssh-ed25519 AAA"));
+}
+
+#[test]
+fn data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store.insert_grant(&grant("g-1", "alice@example.test", 1000)).unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert!(store.grant("g-1").unwrap().is_some());
+}
