@@ -8,15 +8,21 @@ use crate::World;
 use crate::support::{self, Client, LOGIN, eventually, text};
 
 /// A terminal (tmux on a private socket) running one command.
+///
+/// The command's exit status is printed on the screen by the shell that runs
+/// it: tmux 3.3 can close a pane before it has reaped its process, and then
+/// never reports the status (the process stays a zombie).
 pub struct Tmux {
     socket: String,
 }
+
+const EXITED: &str = "[command exited with status ";
 
 impl Tmux {
     pub fn start(command: &str, cols: u16, rows: u16) -> Tmux {
         let socket = format!("jitgw-{}", jit_gateway::ids::new_id("t"));
         let ok = Command::new("tmux")
-            .args(["-L", &socket, "new-session", "-d", "-x", &cols.to_string(), "-y", &rows.to_string(), command])
+            .args(["-L", &socket, "new-session", "-d", "-x", &cols.to_string(), "-y", &rows.to_string(), &format!("{command}; echo \"{EXITED}$?]\"")])
             .status()
             .unwrap();
         assert!(ok.success());
@@ -48,14 +54,12 @@ impl Tmux {
         self.tmux(&["display-message", "-p", "-t", "0", "#{pane_dead}"]).trim() == "1"
     }
 
-    /// The exit status of the command, once it has ended and tmux knows it.
+    /// The exit status of the command, once it has ended.
     pub fn exit_status(&self) -> Option<i32> {
-        let out = self.tmux(&["display-message", "-p", "-t", "0", "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}"]);
-        let mut parts = out.split_whitespace();
-        match (parts.next(), parts.next()) {
-            (Some("1"), Some(code)) => code.parse().ok(),
-            _ => None,
-        }
+        let screen = self.screen();
+        let at = screen.rfind(EXITED)? + EXITED.len();
+        let end = screen[at..].find(']')? + at;
+        screen[at..end].parse().ok()
     }
 
     pub async fn wait_for(&self, needle: &str, limit: Duration) -> bool {
