@@ -14,6 +14,7 @@ fn grant(id: &str, logins: &[&str], from: i64, until: i64) -> Grant {
         protocol: Protocol::Ssh,
         logins: logins.iter().map(|s| s.to_string()).collect(),
         port_forwarding: false,
+            rdp_redirect: Vec::new(),
         not_before_ms: from,
         expires_at_ms: until,
         reason: "INC-1".into(),
@@ -27,7 +28,7 @@ fn grant(id: &str, logins: &[&str], from: i64, until: i64) -> Grant {
 }
 
 fn inventory() -> BTreeMap<String, TargetConfig> {
-    let t = TargetConfig { address: "10.0.0.4".into(), ssh_port: 2201, host_key: None, tags: vec![], description: String::new(), azure_vm: None };
+    let t = TargetConfig { address: "10.0.0.4".into(), ssh_port: 2201, host_key: None, tags: vec![], description: String::new(), azure_vm: None, ..TargetConfig::default() };
     BTreeMap::from([("vm1".to_string(), t)])
 }
 

@@ -58,6 +58,10 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (api.listen)"))?),
         None => None,
     };
+    let rdp = match gateway.config.rdp.as_ref().map(|r| r.listen) {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (rdp.listen)"))?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -69,7 +73,7 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         stop.cancel();
         tracing::info!("stopping");
     });
-    gateway::run(gateway, Listeners { ssh, api }, shutdown).await?;
+    gateway::run(gateway, Listeners { ssh, api, rdp }, shutdown).await?;
     Ok(())
 }
 
@@ -197,6 +201,9 @@ pub enum GrantCommand {
         /// Allow `-L` forwards through the target.
         #[arg(long)]
         port_forwarding: bool,
+        /// RDP: allow these redirections (clipboard, drives); others are dropped.
+        #[arg(long = "allow-redirect", value_delimiter = ',')]
+        rdp_redirect: Vec<String>,
         #[arg(long)]
         reason: String,
         #[arg(long)]
@@ -269,7 +276,7 @@ pub async fn grant(config_path: &Path, command: GrantCommand) -> Result<()> {
     let now = jit_gateway::clock::Clock::now_ms(&SystemClock);
     let headers = ["ID", "STATUS", "USER", "TARGET", "PROTO", "LOGINS", "WHEN", "REASON"];
     match command {
-        GrantCommand::Add { user, target, logins, duration, starts_in, protocol, port_forwarding, reason, json } => {
+        GrantCommand::Add { user, target, logins, duration, starts_in, protocol, port_forwarding, rdp_redirect, reason, json } => {
             let request = Request::GrantAdd {
                 user,
                 target,
@@ -278,6 +285,7 @@ pub async fn grant(config_path: &Path, command: GrantCommand) -> Result<()> {
                 duration_secs: duration.as_secs(),
                 starts_in_secs: starts_in.map_or(0, |d| d.as_secs()),
                 port_forwarding,
+                rdp_redirect,
                 reason,
             };
             let data = call(config_path, request).await?;
@@ -454,6 +462,15 @@ pub struct ReplayArgs {
     /// Print everything at once.
     #[arg(long)]
     instant: bool,
+    /// RDP recordings: render the session to PNG frames in this folder.
+    #[arg(long)]
+    frames: Option<PathBuf>,
+    /// RDP recordings: one frame per this much recorded time (with --frames or --video).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    every: Duration,
+    /// RDP recordings: also make a video of the frames (needs ffmpeg).
+    #[arg(long)]
+    video: Option<PathBuf>,
 }
 
 /// The recordings directory, when a configuration is at hand.
@@ -466,9 +483,66 @@ pub fn replay(config_path: &Path, args: ReplayArgs) -> Result<()> {
         bail!("--speed must be a positive number");
     }
     let path = replay::resolve(&args.recording, recordings_dir(config_path).as_deref())?;
+    if path.extension().is_some_and(|e| e == "rdprec") {
+        return replay_rdp(&path, &args);
+    }
+    if args.frames.is_some() || args.video.is_some() {
+        bail!("--frames and --video are for RDP recordings; {} is a terminal recording", path.display());
+    }
     let options = ReplayOptions { speed: args.speed, max_idle: args.max_idle, instant: args.instant };
     replay::replay(&path, &options, &mut std::io::stdout(), &mut std::io::stderr())?;
     Ok(())
+}
+
+fn replay_rdp(path: &Path, args: &ReplayArgs) -> Result<()> {
+    if args.every < Duration::from_millis(10) {
+        bail!("--every must be at least 10ms");
+    }
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let scratch;
+    let dir = match (&args.frames, &args.video) {
+        (Some(d), _) => d.clone(),
+        (None, Some(_)) => {
+            scratch = tempfile_dir()?;
+            scratch.clone()
+        }
+        (None, None) => {
+            let parsed = jit_gateway::recording::rdp_format::read(&data).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let h = &parsed.header;
+            println!("RDP session {} of {} on {} as {}, started {}", h.session, h.user, h.target, h.login, format_ms(h.started_ms));
+            for r in parsed.records.iter().filter(|r| r.kind == jit_gateway::recording::rdp_format::EVENT) {
+                println!("  +{:.3}s {}", r.at_us as f64 / 1e6, String::from_utf8_lossy(r.data));
+            }
+            println!("render it with --frames DIR (PNG) or --video out.mp4");
+            return Ok(());
+        }
+    };
+    let summary = jit_gateway::rdp::replay::render_frames(&data, &dir, args.every).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    println!(
+        "{} frames ({}x{}) in {}: {} graphics updates decoded from {} PDUs ({} skipped), {:.1}s of session",
+        summary.frames_written,
+        summary.width,
+        summary.height,
+        dir.display(),
+        summary.graphics_updates,
+        summary.pdus,
+        summary.pdus_skipped,
+        summary.duration_ms as f64 / 1000.0
+    );
+    if summary.unverified_tail > 0 {
+        println!("warning: {} bytes at the end are past the last hash-chain link and were not rendered", summary.unverified_tail);
+    }
+    if let Some(video) = &args.video {
+        jit_gateway::rdp::replay::frames_to_video(&dir, args.every, video).map_err(|e| anyhow!(e))?;
+        println!("video: {}", video.display());
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(jit_gateway::ids::new_id("frames"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 #[derive(Args)]
@@ -489,6 +563,11 @@ pub fn verify(config_path: &Path, args: VerifyArgs) -> Result<()> {
     let signer = russh::keys::PublicKey::from_openssh(text.trim()).map_err(|e| anyhow!("{}: {e}", signer_file.display()))?;
     let path = replay::resolve(&args.recording, recordings_dir(config_path).as_deref())?;
     let manifest = jit_gateway::recording::seal::verify(&path, &signer)?;
+    if path.extension().is_some_and(|e| e == "rdprec") {
+        let data = std::fs::read(&path)?;
+        let parsed = jit_gateway::recording::rdp_format::read(&data).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        println!("hash chain intact: {} links over {} records", parsed.links, parsed.records.len());
+    }
     println!(
         "OK {}: {} bytes, sha256 {}, signed by the gateway ({} on {} as {}, {})",
         manifest.recording,

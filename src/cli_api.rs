@@ -567,3 +567,49 @@ async fn audit_verify(config_path: &Path, db: Option<PathBuf>) -> Result<()> {
         bail!("the audit log does not verify: {}", report["broken"].as_str().unwrap_or("unknown problem"))
     }
 }
+
+// ---- RDP -------------------------------------------------------------------
+
+#[derive(Args)]
+pub struct RdpArgs {
+    /// The target, as `jit-gateway grants` names it.
+    pub target: String,
+    /// Log in as (default: the first login your grant allows).
+    #[arg(long)]
+    pub login: Option<String>,
+    /// Where to write the `.rdp` file (default `<target>.rdp` here).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jit-gateway rdp vm2`: a single-use ticket in a `.rdp` file (0600), and the xfreerdp line.
+pub async fn rdp(args: RdpArgs) -> Result<()> {
+    let mut body = json!({"target": args.target});
+    if let Some(login) = &args.login {
+        body["login"] = json!(login);
+    }
+    let issued = Api::signed_in()?.call(reqwest::Method::POST, "/rdp/tickets", Some(body)).await?;
+    let ticket: jit_gateway::rdp::IssuedTicket = serde_json::from_value(issued.clone())?;
+    let path = args.out.unwrap_or_else(|| PathBuf::from(format!("{}.rdp", ticket.target)));
+    write_private(&path, ticket.rdp_file.as_bytes())?;
+    if args.json {
+        return print_json(&json!({"file": path, "target": ticket.target, "login": ticket.login, "grant": ticket.grant,
+                                   "expires": jit_gateway::clock::format_ms(ticket.expires_ms), "address": ticket.address}));
+    }
+    println!("wrote {} for {} as {} (grant {}); use it before {} (single use)", path.display(), ticket.target, ticket.login, ticket.grant,
+             jit_gateway::clock::format_ms(ticket.expires_ms));
+    println!("open it with mstsc or Remmina, or run:");
+    println!("  xfreerdp /v:{} /pcb:{} /cert:tofu", ticket.address, ticket.ticket);
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)?;
+    Ok(())
+}

@@ -47,6 +47,8 @@ pub struct Config {
     pub notify: Option<crate::notify::NotifyConfig>,
     /// Azure: opening ports in NSGs or with Defender JIT, and targets from Azure. Off when absent.
     pub azure: Option<crate::azure::AzureConfig>,
+    /// The RDP listener (`jit-gateway rdp` tickets). Off when absent.
+    pub rdp: Option<RdpConfig>,
     /// The inventory: the only places the gateway ever connects to.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
@@ -273,6 +275,86 @@ pub struct TargetConfig {
     /// The Azure VM's resource ID (`/subscriptions/.../virtualMachines/<name>`).
     #[serde(default)]
     pub azure_vm: Option<String>,
+    /// The target's RDP port. Without it the target is not reachable over RDP.
+    #[serde(default)]
+    pub rdp_port: Option<u16>,
+    /// Pinned SHA-256 of the target's RDP TLS certificate (`sha256:<hex>`);
+    /// without it the first certificate seen is recorded and required after.
+    #[serde(default)]
+    pub rdp_certificate: Option<String>,
+    /// The account the gateway logs in with (NLA or the logon info), so users never see its password.
+    #[serde(default)]
+    pub rdp_credential: Option<RdpCredential>,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            address: String::new(),
+            ssh_port: default_ssh_port(),
+            host_key: None,
+            tags: Vec::new(),
+            description: String::new(),
+            azure_vm: None,
+            rdp_port: None,
+            rdp_certificate: None,
+            rdp_credential: None,
+        }
+    }
+}
+
+/// A target's RDP account. The password comes from a file or an environment
+/// variable, read when a session starts, and is never logged or recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdpCredential {
+    pub username: String,
+    #[serde(default)]
+    pub domain: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+}
+
+impl RdpCredential {
+    pub fn password(&self) -> Result<crate::secret::Secret<String>, String> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            return Ok(crate::secret::Secret::new(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(crate::secret::Secret::new).map_err(|_| format!("environment variable {var} is not set"));
+        }
+        Err("no password_file or password_env".into())
+    }
+}
+
+/// The RDP listener. Off when absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdpConfig {
+    pub listen: SocketAddr,
+    /// `host:port` written into `.rdp` files; default `<gateway.public_host>:<listen port>`.
+    pub public_address: Option<String>,
+    /// How long a ticket from `jit-gateway rdp` may wait to be used (single use).
+    #[serde(default = "default_ticket_ttl", with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// Time allowed for the connection sequence up to the relay (ticket, TLS, target).
+    #[serde(default = "default_rdp_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Keep client keyboard input in recordings (off: input PDUs are left out).
+    #[serde(default)]
+    pub record_keystrokes: bool,
+    /// Certificate chain and key (PEM) shown to RDP clients; default the gateway's `tls.crt`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_ticket_ttl() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_rdp_handshake_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 
 fn default_ssh_port() -> u16 {
@@ -458,6 +540,22 @@ impl Config {
             if target.ssh_port == 0 {
                 return Err(invalid(key("ssh_port"), "must not be 0"));
             }
+            if target.rdp_port == Some(0) {
+                return Err(invalid(key("rdp_port"), "must not be 0"));
+            }
+            if let Some(pin) = &target.rdp_certificate
+                && crate::rdp::parse_certificate_pin(pin).is_none()
+            {
+                return Err(invalid(key("rdp_certificate"), "must be sha256:<64 hex digits>"));
+            }
+            if let Some(c) = &target.rdp_credential {
+                if c.username.trim().is_empty() {
+                    return Err(invalid(key("rdp_credential.username"), "must not be empty"));
+                }
+                if c.password_file.is_some() == c.password_env.is_some() {
+                    return Err(invalid(key("rdp_credential"), "give exactly one of password_file or password_env"));
+                }
+            }
             if let Some(pin) = &target.host_key {
                 russh::keys::PublicKey::from_openssh(pin.trim())
                     .map_err(|e| invalid(key("host_key"), format!("not an OpenSSH public key: {e}")))?;
@@ -469,6 +567,14 @@ impl Config {
             }
             if api.tls_cert.is_some() != api.tls_key.is_some() {
                 return Err(invalid("api.tls_cert", "give both tls_cert and tls_key, or neither"));
+            }
+        }
+        if let Some(rdp) = &self.rdp {
+            if rdp.ticket_ttl < Duration::from_secs(10) || rdp.ticket_ttl > Duration::from_secs(600) {
+                return Err(invalid("rdp.ticket_ttl", "must be between 10s and 10m"));
+            }
+            if rdp.tls_cert.is_some() != rdp.tls_key.is_some() {
+                return Err(invalid("rdp.tls_cert", "give both tls_cert and tls_key, or neither"));
             }
         }
         if let Some((key, problem)) = self.azure.as_ref().and_then(|a| a.problems()) {
@@ -523,6 +629,12 @@ impl Config {
 
     pub fn public_ssh_port(&self) -> u16 {
         self.ssh.public_port.unwrap_or(self.ssh.listen.port())
+    }
+
+    /// Where RDP clients reach the gateway (`host:port` for `.rdp` files).
+    pub fn public_rdp_address(&self) -> Option<String> {
+        let rdp = self.rdp.as_ref()?;
+        Some(rdp.public_address.clone().unwrap_or_else(|| format!("{}:{}", self.gateway.public_host, rdp.listen.port())))
     }
 }
 

@@ -91,7 +91,7 @@ impl Gateway {
         std::fs::create_dir_all(state).map_err(state_err)?;
         std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
         let keys = Arc::new(KeyMaterial::load_or_generate(&config.gateway.certs_dir)?);
-        if config.api.as_ref().is_some_and(|a| a.tls_cert.is_none()) {
+        if config.api.as_ref().is_some_and(|a| a.tls_cert.is_none()) || config.rdp.as_ref().is_some_and(|r| r.tls_cert.is_none()) {
             // Before anything listens: clients may read certs/tls.crt as soon as the gateway is up.
             crate::api::default_identity(&config, &keys)?;
         }
@@ -142,6 +142,8 @@ pub struct Listeners {
     pub ssh: TcpListener,
     /// The HTTPS API, when `[api]` is configured.
     pub api: Option<TcpListener>,
+    /// The RDP listener, when `[rdp]` is configured.
+    pub rdp: Option<TcpListener>,
 }
 
 /// Serves until `shutdown` is cancelled, then ends sessions (telling users),
@@ -171,6 +173,9 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
     }
     tasks.spawn(crate::admin::serve(Arc::clone(&gateway), admin, shutdown.clone()));
     tasks.spawn(crate::ssh::serve(Arc::clone(&gateway), listeners.ssh, shutdown.clone()));
+    if let Some(rdp) = listeners.rdp {
+        tasks.spawn(crate::rdp::serve(Arc::clone(&gateway), rdp, shutdown.clone()));
+    }
     if let Some(api) = listeners.api {
         let (gw, stop) = (Arc::clone(&gateway), shutdown.clone());
         tasks.spawn(async move {
@@ -182,6 +187,7 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
     }
     tracing::info!(
         ssh = %gateway.config.ssh.listen,
+        rdp = ?gateway.config.rdp.as_ref().map(|r| r.listen),
         admin = %gateway.config.admin_socket().display(),
         targets = gateway.inventory.snapshot().len(),
         ports = gateway.ports.kind(),

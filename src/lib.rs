@@ -27,6 +27,7 @@ pub mod memory;
 pub mod notify;
 pub mod oidc;
 pub mod policy;
+pub mod rdp;
 pub mod ports;
 pub mod recording;
 pub mod replay;

@@ -96,6 +96,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// RDP: a single-use ticket for a target you hold an RDP grant for, in a `.rdp` file.
+    Rdp(cli_api::RdpArgs),
     /// Query the audit log, or `audit verify` the hash chain.
     Audit(cli_api::AuditArgs),
     /// List recordings.
@@ -151,6 +153,7 @@ fn main() -> std::process::ExitCode {
             Command::Grants { all_users, all, json } => cli_api::grants(all_users, all, json).await,
             Command::Revoke { id, reason, json } => cli_api::revoke(&id, &reason, json).await,
             Command::Audit(a) => cli_api::audit(&args.config, a).await,
+            Command::Rdp(a) => cli_api::rdp(a).await,
         }
     });
     match result {

@@ -47,7 +47,7 @@ fn targets() -> BTreeMap<String, TargetConfig> {
         host_key: None,
         tags: tags.iter().map(|s| s.to_string()).collect(),
         description: String::new(),
-        azure_vm: None,
+        ..TargetConfig::default()
     };
     BTreeMap::from([("vm1".into(), t(&[])), ("vm2".into(), t(&["linux"])), ("db1".into(), t(&["db"])), ("win1".into(), t(&["windows"]))])
 }

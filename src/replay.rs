@@ -40,7 +40,7 @@ pub fn resolve(arg: &str, dir: Option<&Path>) -> Result<PathBuf, ReplayError> {
     }
     if crate::ids::looks_like(arg, "r")
         && let Some(dir) = dir {
-            for ext in ["cast", "exec.gz", "sftp.jsonl"] {
+            for ext in ["cast", "exec.gz", "sftp.jsonl", "rdprec"] {
                 let p = dir.join(format!("{arg}.{ext}"));
                 if p.is_file() {
                     return Ok(p);

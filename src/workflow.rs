@@ -70,6 +70,7 @@ fn grant_from(request: &AccessRequest, not_before_ms: i64, expires_at_ms: i64, n
         protocol: request.protocol,
         logins: request.logins.clone(),
         port_forwarding: request.port_forwarding,
+        rdp_redirect: Vec::new(),
         not_before_ms,
         expires_at_ms,
         reason: request.reason.clone(),

@@ -9,7 +9,7 @@ use super::protocol::{GrantView, Request, Response};
 use crate::access::valid_login;
 use crate::clock::format_ms;
 use crate::gateway::Gateway;
-use crate::store::{AuditEvent, Grant, GrantFilter, GrantStatus, StoreError, blocking};
+use crate::store::{AuditEvent, Grant, GrantFilter, GrantStatus, Protocol, StoreError, blocking};
 
 /// Longest grant the local admin can give (the request workflow has its own policy).
 const MAX_GRANT: Duration = Duration::from_secs(7 * 86400);
@@ -25,7 +25,7 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
     let store_err = |e: StoreError| e.to_string();
     let now = gateway.clock.now_ms();
     match request {
-        Request::GrantAdd { user, target, protocol, logins, duration_secs, starts_in_secs, port_forwarding, reason } => {
+        Request::GrantAdd { user, target, protocol, logins, duration_secs, starts_in_secs, port_forwarding, rdp_redirect, reason } => {
             let user = user.trim().to_string();
             if user.is_empty() || user.len() > 254 || user.contains(char::is_whitespace) {
                 return Err("--user must name one person as the identity provider does (for example alice@example.test)".into());
@@ -47,6 +47,12 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             if reason.trim().is_empty() {
                 return Err("--reason is required: say what the access is for".into());
             }
+            if let Some(bad) = rdp_redirect.iter().find(|r| !matches!(r.as_str(), "clipboard" | "drives")) {
+                return Err(format!("--allow-redirect: `{bad}` is not one of clipboard, drives"));
+            }
+            if !rdp_redirect.is_empty() && protocol != Protocol::Rdp {
+                return Err("--allow-redirect is for RDP grants (--protocol rdp)".into());
+            }
             let not_before_ms = now + (starts_in_secs as i64) * 1000;
             let grant = Grant {
                 id: crate::ids::new_id("g"),
@@ -55,6 +61,7 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
                 protocol,
                 logins,
                 port_forwarding,
+                rdp_redirect,
                 not_before_ms,
                 expires_at_ms: not_before_ms + duration_secs as i64 * 1000,
                 reason: reason.trim().chars().take(1000).collect(),

@@ -19,6 +19,9 @@ pub enum Request {
         starts_in_secs: u64,
         #[serde(default)]
         port_forwarding: bool,
+        /// RDP redirections allowed: `clipboard`, `drives`.
+        #[serde(default)]
+        rdp_redirect: Vec<String>,
         reason: String,
     },
     GrantList {

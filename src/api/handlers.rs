@@ -392,3 +392,27 @@ pub async fn audit_verify(State(state): State<AppState>, caller: Caller) -> ApiR
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint").hint("see docs/api.md")
 }
+
+// ---- RDP -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRdpTicket {
+    pub target: String,
+    #[serde(default)]
+    pub login: Option<String>,
+}
+
+/// A single-use RDP ticket and the `.rdp` file that carries it.
+pub async fn rdp_ticket(State(state): State<AppState>, caller: Caller, b: Body<NewRdpTicket>) -> ApiResult<Response> {
+    let req = body(b)?;
+    if let Some(login) = &req.login
+        && !crate::access::valid_login(login)
+    {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("`{}` is not a valid login name", login.chars().take(64).collect::<String>())));
+    }
+    let issued = crate::rdp::issue_ticket(&state.gateway, &caller.actor.user, req.target.trim(), req.login.as_deref())
+        .await
+        .map_err(|denied| ApiError::forbidden(denied.to_string()))?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}

@@ -59,6 +59,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/grants", get(handlers::list_grants))
         .route("/grants/{id}/revoke", post(handlers::revoke))
         .route("/sessions", get(handlers::list_sessions))
+        .route("/rdp/tickets", post(handlers::rdp_ticket))
         .route("/sessions/{id}/kill", post(handlers::kill_session))
         .route("/audit", get(handlers::audit))
         .route("/audit/verify", get(handlers::audit_verify));

@@ -279,6 +279,7 @@ impl Inventory {
                             tags: vec!["discovered".into()],
                             description: format!("discovered by tag {}", d.tag),
                             azure_vm: Some(vm_id),
+                            ..TargetConfig::default()
                         });
                     }
                 }

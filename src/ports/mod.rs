@@ -161,7 +161,7 @@ impl Openings {
 
     /// Makes sure `target`'s port is open for this grant and counts one more
     /// session on it. Returns once it is open (or why it cannot be).
-    pub async fn ensure(&self, grant_id: &str, name: &str, target: &TargetConfig, until_ms: i64) -> Result<SessionHold, PortError> {
+    pub async fn ensure(&self, grant_id: &str, name: &str, target: &TargetConfig, port: u16, until_ms: i64) -> Result<SessionHold, PortError> {
         let k = key(grant_id, name);
         let hold = SessionHold { openings: self.me.clone(), key: k.clone() };
         let slot = self.slot(&k).await;
@@ -180,7 +180,7 @@ impl Openings {
                 id: String::new(),
                 grant_id: grant_id.into(),
                 target: name.into(),
-                port: target.ssh_port,
+                port,
                 backend: "none".into(),
                 created_ms: self.clock.now_ms(),
                 until_ms,
@@ -196,7 +196,7 @@ impl Openings {
             id: crate::ids::new_id("p"),
             grant_id: grant_id.into(),
             target: name.into(),
-            port: target.ssh_port,
+            port,
             backend: self.opener.kind().into(),
             created_ms: now,
             until_ms,
@@ -207,7 +207,7 @@ impl Openings {
         // The lease first: if the gateway dies during the cloud call, reconcile knows what to undo.
         let stored = lease.clone();
         blocking(&self.store, move |s| s.upsert_lease(&stored)).await.map_err(|e| PortError::Backend(e.to_string()))?;
-        let request = OpenRequest { lease_id: lease.id.clone(), grant_id: grant_id.into(), target: name.into(), port: target.ssh_port, until_ms };
+        let request = OpenRequest { lease_id: lease.id.clone(), grant_id: grant_id.into(), target: name.into(), port, until_ms };
         match self.opener.open(target, &request).await {
             Ok(opening) => {
                 lease.opened_ms = Some(self.clock.now_ms());

@@ -43,6 +43,15 @@ pub fn for_meta(meta: &RecordingMeta, record: &RecordingRecord, config: &Recordi
         RecordingKind::Pty => Box::new(Cast::new(meta, now_ms)),
         RecordingKind::Exec => Box::new(Exec::new(meta, record, config.exec_output_cap.0, now_ms)),
         RecordingKind::Sftp => Box::new(Sftp::default()),
+        RecordingKind::Rdp => Box::new(super::rdp_format::RdpFormat::new(&super::rdp_format::RdpHeader {
+            version: 1,
+            session: meta.session_id.clone(),
+            user: meta.user.clone(),
+            target: meta.target.clone(),
+            login: meta.login.clone(),
+            started_ms: now_ms,
+            input_recorded: meta.input_recorded,
+        })),
     }
 }
 

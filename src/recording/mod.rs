@@ -12,6 +12,7 @@
 pub mod asciicast;
 pub mod exec_format;
 mod formats;
+pub mod rdp_format;
 pub mod seal;
 pub mod sftp;
 mod writer;
@@ -81,6 +82,8 @@ pub struct RecordingMeta {
     pub term: Option<String>,
     pub cols: u32,
     pub rows: u32,
+    /// RDP: whether keyboard and mouse input is kept.
+    pub input_recorded: bool,
 }
 
 pub struct RecordingService {
@@ -110,6 +113,7 @@ impl RecordingService {
             RecordingKind::Pty => "cast",
             RecordingKind::Exec => "exec.gz",
             RecordingKind::Sftp => "sftp.jsonl",
+            RecordingKind::Rdp => "rdprec",
         };
         let file_name = format!("{id}.{extension}");
         let path = self.config.dir.join(&file_name);

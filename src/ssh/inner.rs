@@ -178,7 +178,7 @@ impl InnerHandler {
         let hold = self
             .gateway
             .ports
-            .ensure(&permit.grant_id, &self.target, &self.target_config, permit.expires_at_ms)
+            .ensure(&permit.grant_id, &self.target, &self.target_config, self.target_config.ssh_port, permit.expires_at_ms)
             .await
             .map_err(|e| format!("the gateway could not open {}'s port: {e}", self.target))?;
         self._opening = Some(hold);

@@ -199,6 +199,7 @@ async fn start_recording(state: &SharedState, ctx: &ChannelCtx, kind: RecordingK
         term,
         cols,
         rows,
+        input_recorded: false,
     };
     match ctx.gateway.recordings.start(meta).await {
         Ok(r) => {

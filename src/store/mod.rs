@@ -71,6 +71,9 @@ pub trait Store: Send + Sync + 'static {
 
     fn pinned_host_key(&self, target: &str) -> StoreResult<Option<String>>;
     fn pin_host_key(&self, target: &str, key: &str) -> StoreResult<()>;
+    /// Marks a single-use ticket as used. `false`: it was used before.
+    /// Entries past their expiry are forgotten (an expired ticket is refused anyway).
+    fn use_ticket(&self, id: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool>;
 
     fn append_audit(&self, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord>;
     fn audit_records(&self, from_seq: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;

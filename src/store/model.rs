@@ -97,6 +97,9 @@ pub struct Grant {
     /// Whether `-L` forwards through the target are allowed.
     #[serde(default)]
     pub port_forwarding: bool,
+    /// RDP redirections allowed (`clipboard`, `drives`); everything else is dropped.
+    #[serde(default)]
+    pub rdp_redirect: Vec<String>,
     pub not_before_ms: i64,
     pub expires_at_ms: i64,
     pub reason: String,
@@ -297,6 +300,8 @@ pub enum RecordingKind {
     Exec,
     /// An sftp (or scp over sftp) session: file operations.
     Sftp,
+    /// An RDP connection: the decrypted stream both ways, hash-chained.
+    Rdp,
 }
 
 impl std::fmt::Display for RecordingKind {
@@ -305,6 +310,7 @@ impl std::fmt::Display for RecordingKind {
             RecordingKind::Pty => "pty",
             RecordingKind::Exec => "exec",
             RecordingKind::Sftp => "sftp",
+            RecordingKind::Rdp => "rdp",
         })
     }
 }
@@ -380,6 +386,7 @@ mod tests {
             protocol: Protocol::Ssh,
             logins: vec!["admin".into()],
             port_forwarding: false,
+            rdp_redirect: Vec::new(),
             not_before_ms: nb,
             expires_at_ms: exp,
             reason: "test".into(),

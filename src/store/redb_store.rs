@@ -25,6 +25,8 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const API_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_sessions");
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// Single-use tickets already presented (ID -> expiry), kept until they expire.
+const USED_TICKETS: TableDefinition<&str, i64> = TableDefinition::new("used_tickets");
 /// Single values: `audit_head`.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -72,6 +74,7 @@ impl RedbStore {
             txn.open_table(SESSIONS).map_err(db_err)?;
             txn.open_table(RECORDINGS).map_err(db_err)?;
             txn.open_table(HOST_KEYS).map_err(db_err)?;
+            txn.open_table(USED_TICKETS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
             txn.open_table(REQUESTS).map_err(db_err)?;
             txn.open_table(API_SESSIONS).map_err(db_err)?;
@@ -331,6 +334,21 @@ impl Store for RedbStore {
             table.insert(target, key).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
+    }
+
+    fn use_ticket(&self, id: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let fresh;
+        {
+            let mut table = txn.open_table(USED_TICKETS).map_err(db_err)?;
+            table.retain(|_, until| until >= now_ms).map_err(db_err)?;
+            fresh = table.get(id).map_err(db_err)?.is_none();
+            if fresh {
+                table.insert(id, expires_ms).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(fresh)
     }
 
     fn append_audit(&self, event: &AuditEvent, at_ms: i64) -> StoreResult<AuditRecord> {

@@ -10,6 +10,7 @@ fn grant(id: &str, user: &str, end: i64) -> Grant {
         protocol: Protocol::Ssh,
         logins: vec!["admin".into()],
         port_forwarding: false,
+            rdp_redirect: Vec::new(),
         not_before_ms: 0,
         expires_at_ms: end,
         reason: "r".into(),

@@ -6,6 +6,7 @@ mod support;
 
 mod azure;
 
+mod rdp;
 mod recordings;
 mod refusals;
 mod robustness;

@@ -12,6 +12,7 @@
 
 pub mod fake_arm;
 pub mod peers;
+pub mod rdp;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -184,8 +185,18 @@ impl Gw {
         Gw::start_on(config, config_path, tmp, None).await
     }
 
-    async fn start_on(config: Config, config_path: PathBuf, tmp: tempfile::TempDir, ports: Option<(u16, Option<u16>)>) -> Gw {
+    async fn start_on(mut config: Config, config_path: PathBuf, tmp: tempfile::TempDir, ports: Option<(u16, Option<u16>)>) -> Gw {
         let has_api = config.api.is_some();
+        // RDP: bound first, so the `.rdp` files name the real port.
+        let rdp = match config.rdp.as_mut() {
+            Some(r) => {
+                let listener = tokio::net::TcpListener::bind(r.listen).await.unwrap();
+                r.listen = listener.local_addr().unwrap();
+                r.public_address = Some(r.listen.to_string());
+                Some(listener)
+            }
+            None => None,
+        };
         let gateway = Gateway::open(config, Arc::new(SystemClock)).await.expect("gateway opens");
         let (ssh_port, api_port) = ports.unwrap_or((0, Some(0)));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", ssh_port)).await.unwrap();
@@ -200,7 +211,7 @@ impl Gw {
             let gateway = Arc::clone(&gateway);
             let shutdown = shutdown.clone();
             async move {
-                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api }, shutdown).await.expect("gateway runs");
+                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api, rdp }, shutdown).await.expect("gateway runs");
             }
         });
         // The admin socket exists once `run` is serving.
@@ -329,6 +340,24 @@ impl Gw {
             duration_secs: duration.as_secs().max(1),
             starts_in_secs: 0,
             port_forwarding,
+            rdp_redirect: Vec::new(),
+            reason: "integration test".into(),
+        };
+        let data = admin::call(&self.gateway.config.admin_socket(), &request).await.expect("grant add");
+        data["id"].as_str().unwrap().to_string()
+    }
+
+    /// An RDP grant, allowing the given redirections (`clipboard`, `drives`).
+    pub async fn grant_rdp(&self, user: &str, target: &str, logins: &[&str], duration: Duration, redirect: &[&str]) -> String {
+        let request = Request::GrantAdd {
+            user: user.into(),
+            target: target.into(),
+            protocol: Protocol::Rdp,
+            logins: logins.iter().map(|s| s.to_string()).collect(),
+            duration_secs: duration.as_secs().max(1),
+            starts_in_secs: 0,
+            port_forwarding: false,
+            rdp_redirect: redirect.iter().map(|s| s.to_string()).collect(),
             reason: "integration test".into(),
         };
         let data = admin::call(&self.gateway.config.admin_socket(), &request).await.expect("grant add");
