@@ -67,7 +67,7 @@ fn utf16(s: &str) -> Vec<u8> {
 /// xfreerdp through the gateway to xrdp, as the `.rdp` ticket says; types in
 /// the session; revokes the grant; renders the recording.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rdp_xfreerdp_logs_in_to_xrdp_through_the_gateway_and_the_recording_replays_to_frames() {
+async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays_to_frames() {
     require!("xrdp", "xrdp-sesman", "xfreerdp", "Xvfb", "xdotool", "openssl");
     let password = format!("Rdp-{}", jit_gateway::ids::new_id("pw"));
     ensure_rdp_account(&password);
@@ -92,7 +92,7 @@ async fn rdp_xfreerdp_logs_in_to_xrdp_through_the_gateway_and_the_recording_repl
             "/size:800x600".into(),
             "/u:someone".into(),
             "/p:not-the-password".into(),
-            "-clipboard".into(),
+            "+clipboard".into(),
         ],
     );
     let logged_in = eventually(Duration::from_secs(30), || xrdp.log().contains(&format!("login successful for user {RDP_USER}"))).await;
@@ -149,6 +149,11 @@ async fn rdp_xfreerdp_logs_in_to_xrdp_through_the_gateway_and_the_recording_repl
             std::fs::copy(f, keep.join(f.file_name().unwrap())).unwrap();
         }
     }
+    let audit = audit_text(&gw).await;
+    let decision = audit.lines().find(|l| l.contains("\"kind\":\"rdp.channels\"")).unwrap_or_else(|| panic!("channel decision audited: {audit}"));
+    let decision: serde_json::Value = serde_json::from_str(decision).unwrap();
+    let dropped = decision["details"]["channels_dropped"].as_array().unwrap();
+    assert!(dropped.iter().any(|c| c == "cliprdr") && decision["details"]["clipboard"] == false, "{decision}");
     let listed = gw.cli(&["recordings"]).await;
     assert!(text(&listed.stdout).contains("rdp"), "{}", text(&listed.stdout));
 }
@@ -378,4 +383,30 @@ async fn rdp_garbage_truncated_pdus_and_clients_that_stop_mid_tls_leave_the_gate
     drop(silent);
     let _ = grant;
     assert!(gw.gateway.sessions.list().is_empty());
+}
+
+/// IronRDP's client, as a second independent client, through the gateway to xrdp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdp_xrdp_an_ironrdp_client_connects_through_the_gateway() {
+    require!("xrdp", "xrdp-sesman", "openssl");
+    let password = format!("Rdp-{}", jit_gateway::ids::new_id("pw"));
+    ensure_rdp_account(&password);
+    let xrdp = Xrdp::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let pw_file = secret_file(secrets.path(), &password);
+    let extra = format!("{}{}", rdp_section(), rdp_target("vm2", xrdp.port, Some(&xrdp.certificate_sha256), Some((RDP_USER, &pw_file))));
+    let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
+    gw.grant_rdp(ALICE, "vm2", &[RDP_USER], Duration::from_secs(600), &[]).await;
+    let issued = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap();
+    let address = issued.address.clone();
+    let outcome = tokio::task::spawn_blocking(move || support::ironrdp_client::connect(&address, &issued.ticket, Duration::from_secs(6)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("IronRDP through the gateway: {e}\nxrdp: {}", xrdp.log()));
+    eprintln!("{outcome:?}");
+    assert!(xrdp.log().contains(&format!("login successful for user {RDP_USER}")), "{}", xrdp.log());
+    assert_eq!((outcome.width, outcome.height), (1024, 768));
+    assert!(outcome.graphics_updates > 0 && outcome.drawn_pixels > 1000, "the desktop was drawn: {outcome:?}");
+    assert!(eventually(Duration::from_secs(5), || gw.gateway.sessions.list().is_empty()).await);
+    assert_eq!(rdp_recordings(&gw).len(), 1);
 }

@@ -12,6 +12,7 @@
 
 pub mod fake_arm;
 pub mod peers;
+pub mod ironrdp_client;
 pub mod rdp;
 
 use std::path::{Path, PathBuf};
