@@ -601,7 +601,11 @@ pub async fn rdp(args: RdpArgs) -> Result<()> {
     println!("wrote {} for {} as {} (grant {}); use it before {} (single use)", path.display(), ticket.target, ticket.login, ticket.grant,
              jit_gateway::clock::format_ms(ticket.expires_ms));
     println!("open it with mstsc or Remmina, or run:");
-    println!("  xfreerdp /v:{} /pcb:{} /cert:tofu", ticket.address, ticket.ticket);
+    let cert = match &ticket.certificate_sha256 {
+        Some(hex) => format!("/cert:fingerprint:sha256:{hex}"),
+        None => "/cert:tofu".into(),
+    };
+    println!("  xfreerdp /v:{} /pcb:{} {cert}", ticket.address, ticket.ticket);
     Ok(())
 }
 

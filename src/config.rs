@@ -474,6 +474,16 @@ impl Config {
                 resolve(p);
             }
         }
+        if let Some(rdp) = self.rdp.as_mut() {
+            for p in [rdp.tls_cert.as_mut(), rdp.tls_key.as_mut()].into_iter().flatten() {
+                resolve(p);
+            }
+        }
+        for target in self.targets.values_mut() {
+            if let Some(p) = target.rdp_credential.as_mut().and_then(|c| c.password_file.as_mut()) {
+                resolve(p);
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -56,6 +56,24 @@ fn relative_paths_follow_the_config_file() {
 }
 
 #[test]
+fn rdp_targets_are_checked_and_their_secret_files_follow_the_config_file() {
+    let rdp = format!(
+        "{MINIMAL}\n[rdp]\nlisten = \"127.0.0.1:3389\"\n[targets.win1]\naddress = \"10.0.0.7\"\nrdp_port = 3389\n\
+         [targets.win1.rdp_credential]\nusername = \"jit\"\npassword_file = \"secrets/win1\"\n"
+    );
+    let c = Config::from_toml(&rdp, Path::new("/srv/gw/config")).unwrap();
+    let cred = c.targets["win1"].rdp_credential.as_ref().unwrap();
+    assert_eq!(cred.password_file.as_deref(), Some(Path::new("/srv/gw/config/secrets/win1")));
+    assert_eq!(c.public_rdp_address().as_deref(), Some("127.0.0.1:3389"));
+    let both = rdp.replace("password_file = \"secrets/win1\"", "password_file = \"a\"\npassword_env = \"B\"");
+    let err = Config::from_toml(&both, Path::new(".")).unwrap_err().to_string();
+    assert!(err.contains("targets.win1.rdp_credential"), "{err}");
+    let pin = rdp.replace("rdp_port = 3389", "rdp_port = 3389\nrdp_certificate = \"md5:00\"");
+    let err = Config::from_toml(&pin, Path::new(".")).unwrap_err().to_string();
+    assert!(err.contains("targets.win1.rdp_certificate"), "{err}");
+}
+
+#[test]
 fn every_shipped_example_parses() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut seen = 0;

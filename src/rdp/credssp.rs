@@ -26,12 +26,12 @@ fn public_key(cert_der: &[u8]) -> Result<Vec<u8>, String> {
 pub async fn authenticate(
     stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
     credential: &RdpCredential,
+    password: &crate::secret::Secret<String>,
     host: &str,
     hybrid_ex: bool,
 ) -> Result<(), String> {
     let cert = super::tls::peer_certificate(stream).ok_or("the target presented no certificate")?;
     let key = public_key(&cert)?;
-    let password = credential.password().map_err(|e| format!("the target's RDP credential: {e}"))?;
     let protocol = if hybrid_ex { SecurityProtocol::HYBRID_EX } else { SecurityProtocol::HYBRID };
     let domain = (!credential.domain.is_empty()).then_some(credential.domain.as_str());
     let credentials = Credentials::UsernamePassword { username: credential.username.clone(), password: password.expose().clone() };

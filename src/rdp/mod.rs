@@ -119,6 +119,8 @@ struct Ready {
     target_config: TargetConfig,
     client_requested: u32,
     target_selected: u32,
+    /// The target account's password, when one is configured.
+    password: Option<crate::secret::Secret<String>>,
     _hold: crate::ports::SessionHold,
 }
 
@@ -239,6 +241,11 @@ async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStrea
         .map_err(|e| target_err(format!("cannot connect: {e}")))?;
     let _ = upstream.set_nodelay(true);
     let credential = target_config.rdp_credential.clone();
+    // Read now, so a missing secret refuses the connection before the client is answered.
+    let password = match &credential {
+        Some(c) => Some(c.password().map_err(|e| target_err(format!("its RDP credential: {e}")))?),
+        None => None,
+    };
     let offer = if credential.is_some() { PROTOCOL_SSL | PROTOCOL_HYBRID | PROTOCOL_HYBRID_EX } else { PROTOCOL_SSL };
     upstream.write_all(&wire::encode_connection_request(&claims.login, offer)).await.map_err(|e| target_err(e.to_string()))?;
     let mut ubuf = Vec::new();
@@ -256,8 +263,10 @@ async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStrea
     // Target side first: its certificate is checked before the client gets anything.
     let mut target_tls = tls::connect(gateway, &claims.target, &target_config, upstream).await.map_err(target_err)?;
     if selected != PROTOCOL_SSL {
-        let credential = credential.ok_or_else(|| target_err("chose NLA but no credential is configured".into()))?;
-        credssp::authenticate(&mut target_tls, &credential, &target_config.address, selected == PROTOCOL_HYBRID_EX)
+        let (Some(credential), Some(password)) = (credential.as_ref(), password.as_ref()) else {
+            return Err(target_err("chose NLA but no credential is configured".into()));
+        };
+        credssp::authenticate(&mut target_tls, credential, password, &target_config.address, selected == PROTOCOL_HYBRID_EX)
             .await
             .map_err(target_err)?;
     }
@@ -278,12 +287,13 @@ async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStrea
         target_config,
         client_requested: request.requested_protocols,
         target_selected: selected,
+        password,
         _hold: hold,
     })
 }
 
 async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: SocketAddr) {
-    let Ready { client, target, claims, target_config, client_requested, target_selected, _hold } = ready;
+    let Ready { client, target, claims, target_config, client_requested, target_selected, password, _hold } = ready;
     let session_id = crate::ids::new_id("s");
     let now = gateway.clock.now_ms();
     let end = EndSignal::new();
@@ -361,7 +371,7 @@ async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: So
     let allow = rewrite::Allowances::from_grant(&gateway, &claims.grant).await;
     let upstream = rewrite::Upstream {
         target_selected,
-        credential: target_config.rdp_credential.clone(),
+        credential: target_config.rdp_credential.clone().zip(password),
         allow,
         record_input: config.record_keystrokes,
     };
@@ -433,6 +443,9 @@ pub struct IssuedTicket {
     pub address: String,
     /// The `.rdp` file's content.
     pub rdp_file: String,
+    /// SHA-256 of the gateway's RDP certificate (`ab:cd:...`), for clients that pin it.
+    #[serde(default)]
+    pub certificate_sha256: Option<String>,
 }
 
 /// Issues a ticket for `user` to reach `target` over RDP as `login` (default:
@@ -484,5 +497,6 @@ pub async fn issue_ticket(gateway: &Gateway, user: &str, target: &str, login: Op
         grant: permit.grant_id,
         expires_ms,
         address,
+        certificate_sha256: tls::presented_certificate_sha256(gateway, config),
     })
 }

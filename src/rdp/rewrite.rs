@@ -62,7 +62,7 @@ impl Allowances {
 
 pub struct Upstream {
     pub target_selected: u32,
-    pub credential: Option<RdpCredential>,
+    pub credential: Option<(RdpCredential, crate::secret::Secret<String>)>,
     pub allow: Allowances,
     pub record_input: bool,
 }
@@ -254,11 +254,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let password = match &up.credential {
-        Some(c) => Some(c.password().map_err(|e| format!("the target's RDP credential: {e}"))?),
-        None => None,
-    };
-    let credential = up.credential.as_ref().zip(password.as_ref().map(|p| p.expose().as_str()));
+    let credential = up.credential.as_ref().map(|(c, p)| (c, p.expose().as_str()));
     let mut phase = Phase::ConnectInitial;
     let mut buf = Vec::new();
     while let Some(frame) = next_frame(&mut r, &mut buf, "the client").await? {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -88,7 +89,8 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
         &[
             format!("/v:{}", issued.address),
             format!("/pcb:{}", issued.ticket),
-            "/cert:ignore".into(),
+            // As `jit-gateway rdp` prints it: the gateway's certificate pinned.
+            format!("/cert:fingerprint:sha256:{}", issued.certificate_sha256.clone().expect("the gateway's fingerprint")),
             "/size:800x600".into(),
             "/u:someone".into(),
             "/p:not-the-password".into(),
@@ -275,6 +277,11 @@ async fn rdp_tickets_that_are_missing_forged_expired_reused_revoked_or_for_anoth
     let made = gw.cli_as(&alice, &["rdp", "vm2", "--out", file.to_str().unwrap()]).await;
     assert!(made.status.success(), "{}", text(&made.stderr));
     assert!(text(&made.stdout).contains("xfreerdp /v:") && text(&made.stdout).contains("/pcb:jgwrdp1."), "{}", text(&made.stdout));
+    let pem = std::fs::read_to_string(gw.tls_certificate()).unwrap();
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).next().unwrap().unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    let fingerprint = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    assert!(text(&made.stdout).contains(&format!("/cert:fingerprint:sha256:{fingerprint}")), "{}", text(&made.stdout));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let rdp_file = std::fs::read_to_string(&file).unwrap();
