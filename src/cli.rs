@@ -18,7 +18,8 @@ use jit_gateway::store::{Protocol, RecordingRecord};
 use tokio_util::sync::CancellationToken;
 
 pub fn init_logging(serving: bool) {
-    let default = if serving { "info,russh=warn" } else { "warn" };
+    // Replay decodes recorded RDP with IronRDP, which warns about every update kind it skips: the summary counts them.
+    let default = if serving { "info,russh=warn" } else { "warn,ironrdp_session=error,ironrdp_pdu=error,ironrdp_graphics=error" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A closed stderr (a log pipe that went away) must not turn every log line into a panic.
     let _ = tracing_subscriber::fmt()
