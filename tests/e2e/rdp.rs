@@ -65,18 +65,34 @@ fn utf16(s: &str) -> Vec<u8> {
     s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
 }
 
+/// xrdp as `vm2` (its certificate pinned, the gateway holding its account's
+/// fresh password) behind a gateway with RDP on.
+struct XrdpWorld {
+    xrdp: Xrdp,
+    gw: Gw,
+    password: String,
+    _secrets: tempfile::TempDir,
+}
+
+impl XrdpWorld {
+    async fn start() -> XrdpWorld {
+        let password = format!("Rdp-{}", jit_gateway::ids::new_id("pw"));
+        ensure_rdp_account(&password);
+        let xrdp = Xrdp::start();
+        let secrets = tempfile::tempdir().unwrap();
+        let pw_file = secret_file(secrets.path(), &password);
+        let extra = format!("{}{}", rdp_section(), rdp_target("vm2", xrdp.port, Some(&xrdp.certificate_sha256), Some((RDP_USER, &pw_file))));
+        let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
+        XrdpWorld { xrdp, gw, password, _secrets: secrets }
+    }
+}
+
 /// xfreerdp through the gateway to xrdp, as the `.rdp` ticket says; types in
 /// the session; revokes the grant; renders the recording.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays_to_frames() {
     require!("xrdp", "xrdp-sesman", "xfreerdp", "Xvfb", "xdotool", "openssl");
-    let password = format!("Rdp-{}", jit_gateway::ids::new_id("pw"));
-    ensure_rdp_account(&password);
-    let xrdp = Xrdp::start();
-    let secrets = tempfile::tempdir().unwrap();
-    let pw_file = secret_file(secrets.path(), &password);
-    let extra = format!("{}{}", rdp_section(), rdp_target("vm2", xrdp.port, Some(&xrdp.certificate_sha256), Some((RDP_USER, &pw_file))));
-    let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
+    let XrdpWorld { xrdp, gw, password, _secrets } = XrdpWorld::start().await;
     let grant = gw.grant_rdp(ALICE, "vm2", &[RDP_USER], Duration::from_secs(3600), &[]).await;
     let issued = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.expect("a ticket");
     assert_eq!(issued.login, RDP_USER);
@@ -396,13 +412,7 @@ async fn rdp_garbage_truncated_pdus_and_clients_that_stop_mid_tls_leave_the_gate
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rdp_xrdp_an_ironrdp_client_connects_through_the_gateway() {
     require!("xrdp", "xrdp-sesman", "openssl");
-    let password = format!("Rdp-{}", jit_gateway::ids::new_id("pw"));
-    ensure_rdp_account(&password);
-    let xrdp = Xrdp::start();
-    let secrets = tempfile::tempdir().unwrap();
-    let pw_file = secret_file(secrets.path(), &password);
-    let extra = format!("{}{}", rdp_section(), rdp_target("vm2", xrdp.port, Some(&xrdp.certificate_sha256), Some((RDP_USER, &pw_file))));
-    let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
+    let XrdpWorld { xrdp, gw, _secrets, .. } = XrdpWorld::start().await;
     gw.grant_rdp(ALICE, "vm2", &[RDP_USER], Duration::from_secs(600), &[]).await;
     let issued = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap();
     let address = issued.address.clone();

@@ -333,31 +333,33 @@ impl Gw {
     }
 
     pub async fn grant_with(&self, user: &str, target: &str, logins: &[&str], duration: Duration, port_forwarding: bool) -> String {
-        let request = Request::GrantAdd {
-            user: user.into(),
-            target: target.into(),
-            protocol: Protocol::Ssh,
-            logins: logins.iter().map(|s| s.to_string()).collect(),
-            duration_secs: duration.as_secs().max(1),
-            starts_in_secs: 0,
-            port_forwarding,
-            rdp_redirect: Vec::new(),
-            reason: "integration test".into(),
-        };
-        let data = admin::call(&self.gateway.config.admin_socket(), &request).await.expect("grant add");
-        data["id"].as_str().unwrap().to_string()
+        self.add_grant(user, target, Protocol::Ssh, logins, duration, port_forwarding, &[]).await
     }
 
     /// An RDP grant, allowing the given redirections (`clipboard`, `drives`).
     pub async fn grant_rdp(&self, user: &str, target: &str, logins: &[&str], duration: Duration, redirect: &[&str]) -> String {
+        self.add_grant(user, target, Protocol::Rdp, logins, duration, false, redirect).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn add_grant(
+        &self,
+        user: &str,
+        target: &str,
+        protocol: Protocol,
+        logins: &[&str],
+        duration: Duration,
+        port_forwarding: bool,
+        redirect: &[&str],
+    ) -> String {
         let request = Request::GrantAdd {
             user: user.into(),
             target: target.into(),
-            protocol: Protocol::Rdp,
+            protocol,
             logins: logins.iter().map(|s| s.to_string()).collect(),
             duration_secs: duration.as_secs().max(1),
             starts_in_secs: 0,
-            port_forwarding: false,
+            port_forwarding,
             rdp_redirect: redirect.iter().map(|s| s.to_string()).collect(),
             reason: "integration test".into(),
         };
