@@ -143,6 +143,11 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
     let data = std::fs::read(file).unwrap();
     assert!(!contains(&data, password.as_bytes()) && !contains(&data, &utf16(&password)), "the password never reaches the recording");
     assert!(!contains(&data, &utf16("not-the-password")), "nor the one the client typed");
+    // Keystrokes are not kept by default: nothing fast-path (input) from the client.
+    let parsed = jit_gateway::recording::rdp_format::read(&data).unwrap();
+    assert!(!parsed.header.input_recorded);
+    let from_client: Vec<_> = parsed.records.iter().filter(|r| r.kind == jit_gateway::recording::rdp_format::FROM_CLIENT).collect();
+    assert!(!from_client.is_empty() && from_client.iter().all(|r| r.data.first() == Some(&0x03)), "only X.224 frames from the client");
     let verify = gw.cli(&["verify", file.to_str().unwrap()]).await;
     assert!(verify.status.success() && text(&verify.stdout).contains("hash chain intact"), "{}{}", text(&verify.stdout), text(&verify.stderr));
 
