@@ -151,8 +151,11 @@ pub fn connect_response(frame: &[u8], client_requested: u32, blocked: &SharedBlo
     encode_vec(&X224(X224Data { data: Cow::Owned(body) })).map_err(|e| err(&e))
 }
 
-/// The Client Info PDU, if `frame` is one: (frame to send, frame to record).
-pub fn client_info(frame: &[u8], credential: Option<(&RdpCredential, &str)>) -> Option<Result<(Vec<u8>, Vec<u8>), String>> {
+/// A rewritten Client Info PDU: the frame to send and the frame to record.
+type ClientInfoFrames = (Vec<u8>, Vec<u8>);
+
+/// The Client Info PDU, if `frame` is one.
+pub fn client_info(frame: &[u8], credential: Option<(&RdpCredential, &str)>) -> Option<Result<ClientInfoFrames, String>> {
     let X224(McsMessage::SendDataRequest(req)) = decode::<X224<McsMessage<'_>>>(frame).ok()? else { return None };
     let data: &[u8] = req.user_data.as_ref();
     if data.len() < 4 {

@@ -87,10 +87,19 @@ fn self_signed(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A child process killed (and reaped) when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
 /// xrdp with its session manager; sessions run an xterm.
 pub struct Xrdp {
-    xrdp: Child,
-    sesman: Child,
+    xrdp: Reaped,
+    sesman: Reaped,
     pub port: u16,
     pub log: PathBuf,
     pub certificate_sha256: String,
@@ -143,25 +152,25 @@ impl Xrdp {
         std::fs::write(dir.join("xrdp.ini"), xrdp_ini).unwrap();
         std::fs::write(dir.join("sesman.ini"), sesman_ini).unwrap();
         let _ = Command::new("pkill").args(["-u", RDP_USER]).status();
-        let sesman = Command::new("xrdp-sesman")
+        let sesman = Reaped(Command::new("xrdp-sesman")
             .args(["--nodaemon", "-c"])
             .arg(dir.join("sesman.ini"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start xrdp-sesman");
-        let mut xrdp = Command::new("xrdp")
+            .expect("start xrdp-sesman"));
+        let mut xrdp = Reaped(Command::new("xrdp")
             .args(["--nodaemon", "-c"])
             .arg(dir.join("xrdp.ini"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start xrdp");
+            .expect("start xrdp"));
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && std::net::TcpStream::connect(("::1", 3350)).or_else(|_| std::net::TcpStream::connect(("127.0.0.1", 3350))).is_ok() {
                 return Xrdp { xrdp, sesman, port, log, certificate_sha256, _tmp: tmp };
             }
-            if let Ok(Some(status)) = xrdp.try_wait() {
+            if let Ok(Some(status)) = xrdp.0.try_wait() {
                 panic!("xrdp exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -176,8 +185,8 @@ impl Xrdp {
 
 impl Drop for Xrdp {
     fn drop(&mut self) {
-        kill(&mut self.xrdp);
-        kill(&mut self.sesman);
+        kill(&mut self.xrdp.0);
+        kill(&mut self.sesman.0);
         // The session (Xorg, chansrv, xterm) runs as the account, in its own session.
         let _ = Command::new("pkill").args(["-KILL", "-u", RDP_USER]).status();
     }
