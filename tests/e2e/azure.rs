@@ -8,9 +8,9 @@ use jit_gateway::store::blocking;
 use crate::support::fake_arm::{self, FakeArm};
 use crate::support::{self, Client, Gw, GwOptions, GwProcess, LOGIN, Sshd, eventually, text};
 
-const GATEWAY_IP: &str = "10.1.0.4";
+pub(crate) const GATEWAY_IP: &str = "10.1.0.4";
 
-fn azure_section(fake: &FakeArm, opener: &str, linger: &str, secret: &std::path::Path) -> String {
+pub(crate) fn azure_section(fake: &FakeArm, opener: &str, linger: &str, secret: &std::path::Path) -> String {
     format!(
         "\n[azure]\nopener = \"{opener}\"\ngateway_ip = \"{GATEWAY_IP}\"\narm_endpoint = \"{url}\"\nauthority_host = \"{url}\"\n\
          ca_file = \"{ca}\"\ntenant_id = \"tenant-1\"\nclient_id = \"client-1\"\nclient_secret_file = \"{secret}\"\nazure_cli = false\n\

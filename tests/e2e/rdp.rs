@@ -432,3 +432,40 @@ async fn rdp_xrdp_an_ironrdp_client_connects_through_the_gateway() {
     assert!(eventually(Duration::from_secs(5), || gw.gateway.sessions.list().is_empty()).await);
     assert_eq!(rdp_recordings(&gw).len(), 1);
 }
+
+/// In Azure, the VM's RDP port is opened in its NSGs for the gateway only,
+/// when a ticket is used, and closed when the grant ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdp_opens_the_vms_rdp_port_in_azure_for_the_gateway_while_the_grant_lasts() {
+    use crate::support::fake_arm::{self, FakeArm};
+    let target = FakeTarget::start().await;
+    let fake = FakeArm::start("127.0.0.1", None).await;
+    let secret = fake.ca_file.with_file_name("client-secret");
+    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
+    let extra = format!(
+        "{}{}\n[targets.vm2]\nazure_vm = \"{}\"\nrdp_port = {}\n",
+        rdp_section(),
+        crate::azure::azure_section(&fake, "azure-nsg", "1h", &secret),
+        fake_arm::VM,
+        target.port
+    );
+    let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
+    assert!(eventually(Duration::from_secs(15), || gw.gateway.inventory.get("vm2").is_some_and(|t| t.address == "127.0.0.1")).await);
+    let grant = gw.grant_rdp(ALICE, "vm2", &["Administrator"], Duration::from_secs(600), &[]).await;
+    let rules = |fake: &FakeArm| fake.gateway_rules(fake_arm::NSG_NIC).len() + fake.gateway_rules(fake_arm::NSG_SUBNET).len();
+    assert_eq!(rules(&fake), 0, "nothing is open before a session needs it");
+
+    let ticket = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap().ticket;
+    let answer = knock(&rdp_addr(&gw), Some(&ticket)).await;
+    assert!(wire::parse_connection_confirm(&answer).is_ok(), "{answer:?}");
+    assert_eq!(target.count(), 1);
+    for nsg in [fake_arm::NSG_NIC, fake_arm::NSG_SUBNET] {
+        let opened = fake.gateway_rules(nsg);
+        let (_, p) = &opened[0];
+        assert_eq!(p["sourceAddressPrefix"], crate::azure::GATEWAY_IP);
+        assert_eq!(p["destinationPortRange"], target.port.to_string(), "the RDP port, not SSH's");
+    }
+    let revoke = gw.cli(&["grant", "revoke", &grant, "--reason", "done"]).await;
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    assert!(eventually(Duration::from_secs(10), || rules(&fake) == 0).await, "closed when the grant ends");
+}
