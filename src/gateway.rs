@@ -34,6 +34,8 @@ pub enum StartError {
     Admin { path: String, message: String },
     #[error("{0}")]
     Azure(String),
+    #[error("rdp: {0}")]
+    Rdp(String),
 }
 
 /// The port opener the configuration asks for, and the Azure client if any.
@@ -81,6 +83,8 @@ pub struct Gateway {
     /// The targets as currently known (configuration, Azure addresses, discovered VMs).
     pub inventory: Arc<crate::azure::Inventory>,
     pub arm: Option<Arc<crate::azure::Arm>>,
+    /// TLS toward RDP clients, when `[rdp]` is configured.
+    pub rdp_tls: Option<Arc<crate::rdp::tls::ClientSide>>,
 }
 
 impl Gateway {
@@ -110,12 +114,17 @@ impl Gateway {
         let (ports, arm) = port_openings(&config, &store, &clock, &inventory).await?;
         let enforcer = GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions), Arc::clone(&ports));
         let outer_ssh = Arc::new(crate::ssh::outer_config(&config, &keys));
+        let rdp_tls = match &config.rdp {
+            Some(rdp) => Some(Arc::new(crate::rdp::tls::ClientSide::load(&config, rdp, &keys).map_err(StartError::Rdp)?)),
+            None => None,
+        };
         Ok(Arc::new(Gateway {
             sign_ins: Arc::new(Semaphore::new(config.ssh.max_pending_sign_ins)),
             notifier: crate::notify::Notifier::new(config.notify.clone()),
             ports,
             inventory,
             arm,
+            rdp_tls,
             config: Arc::new(config),
             keys,
             store,

@@ -413,6 +413,9 @@ pub async fn rdp_ticket(State(state): State<AppState>, caller: Caller, b: Body<N
     }
     let issued = crate::rdp::issue_ticket(&state.gateway, &caller.actor.user, req.target.trim(), req.login.as_deref())
         .await
-        .map_err(|denied| ApiError::forbidden(denied.to_string()))?;
+        .map_err(|refused| match refused {
+            crate::rdp::TicketRefused::Store => ApiError::unavailable(refused.to_string()),
+            other => ApiError::forbidden(other.to_string()),
+        })?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }

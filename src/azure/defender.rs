@@ -59,14 +59,7 @@ impl PortOpener for DefenderJit {
                 "justification": format!("jit-gateway grant {} (lease {})", request.grant_id, request.lease_id),
             });
             let answer = self.arm.post(&path, arm::SECURITY_API, &body).await.map_err(|e| PortError::Backend(e.to_string()))?;
-            Ok(Opening {
-                lease_id: request.lease_id.clone(),
-                grant_id: request.grant_id.clone(),
-                target: request.target.clone(),
-                port: request.port,
-                until_ms: request.until_ms,
-                detail: json!({"initiate": path, "request_id": answer.request_id, "end_time_utc": end_time(request.until_ms), "source": self.gateway_ip}),
-            })
+            Ok(request.opened(json!({"initiate": path, "request_id": answer.request_id, "end_time_utc": end_time(request.until_ms), "source": self.gateway_ip})))
         })
     }
 

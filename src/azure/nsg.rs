@@ -113,14 +113,7 @@ impl PortOpener for NsgRules {
             if nsgs.is_empty() {
                 tracing::warn!(target = %request.target, "the VM has no NSG on its NIC or subnet: nothing to open (and nothing protects the port)");
             }
-            Ok(Opening {
-                lease_id: request.lease_id.clone(),
-                grant_id: request.grant_id.clone(),
-                target: request.target.clone(),
-                port: request.port,
-                until_ms: request.until_ms,
-                detail: json!({"rules": rules, "source": self.gateway_ip, "destination": net.private_ip}),
-            })
+            Ok(request.opened(json!({"rules": rules, "source": self.gateway_ip, "destination": net.private_ip})))
         })
     }
 

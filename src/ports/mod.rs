@@ -38,6 +38,20 @@ pub struct OpenRequest {
     pub until_ms: i64,
 }
 
+impl OpenRequest {
+    /// What a backend reports once it has opened the port: the request, plus its own record.
+    pub fn opened(&self, detail: serde_json::Value) -> Opening {
+        Opening {
+            lease_id: self.lease_id.clone(),
+            grant_id: self.grant_id.clone(),
+            target: self.target.clone(),
+            port: self.port,
+            until_ms: self.until_ms,
+            detail,
+        }
+    }
+}
+
 /// What a backend opened (enough to close it again, even after a restart).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Opening {
@@ -84,14 +98,7 @@ impl PortOpener for NoneOpener {
     }
 
     fn open<'a>(&'a self, _target: &'a TargetConfig, request: &'a OpenRequest) -> BoxFuture<'a, Result<Opening, PortError>> {
-        let opening = Opening {
-            lease_id: request.lease_id.clone(),
-            grant_id: request.grant_id.clone(),
-            target: request.target.clone(),
-            port: request.port,
-            until_ms: request.until_ms,
-            detail: serde_json::Value::Null,
-        };
+        let opening = request.opened(serde_json::Value::Null);
         Box::pin(async move { Ok(opening) })
     }
 

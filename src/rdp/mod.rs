@@ -18,7 +18,7 @@ mod credssp;
 pub mod replay;
 mod rewrite;
 pub mod ticket;
-mod tls;
+pub mod tls;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -36,7 +36,7 @@ use crate::config::{RdpConfig, TargetConfig};
 use crate::gateway::Gateway;
 use crate::recording::{Recorder, RecordingMeta, Stream};
 use crate::sessions::{EndSignal, LiveSession};
-use crate::store::{AuditEvent, GrantStatus, Protocol, RecordingKind, SessionRecord, blocking};
+use crate::store::{AuditEvent, Protocol, RecordingKind, SessionRecord, blocking};
 use wire::{ConnectionConfirm, PROTOCOL_HYBRID, PROTOCOL_HYBRID_EX, PROTOCOL_SSL};
 
 /// Connections in their handshake at once (past it, sessions are limited by grants).
@@ -121,13 +121,15 @@ struct Ready {
     target_selected: u32,
     /// The target account's password, when one is configured.
     password: Option<crate::secret::Secret<String>>,
+    /// The redirections the grant allows.
+    allow: rewrite::Allowances,
     _hold: crate::ports::SessionHold,
 }
 
 async fn connection(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
     let Some(config) = gateway.config.rdp.clone() else { return };
     // On a refusal the socket is dropped inside `handshake`: the client sees the connection close.
-    let started = tokio::time::timeout(config.handshake_timeout, handshake(&gateway, &config, socket)).await;
+    let started = tokio::time::timeout(config.handshake_timeout, handshake(&gateway, socket)).await;
     let result = match started {
         Ok(r) => r,
         Err(_) => Err((Refused::Timeout(config.handshake_timeout), None)),
@@ -185,7 +187,7 @@ fn take_frame(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, wire::WireError> {
 
 type HandshakeError = (Refused, Option<ticket::Claims>);
 
-async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStream) -> Result<Ready, HandshakeError> {
+async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, HandshakeError> {
     let mut buf = Vec::new();
     let pcb = read_pdu(&mut tcp, &mut buf, wire::parse_preconnection).await.map_err(|e| (e, None))?;
     let blob = pcb.blob.ok_or((Refused::Wire(wire::WireError::Preconnection("version 1 carries no ticket")), None))?;
@@ -206,9 +208,6 @@ async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStrea
         .ok_or_else(|| fail(Refused::Denied(format!("grant {} no longer exists", claims.grant))))?;
     let permit = crate::access::check_login(std::slice::from_ref(&grant), &claims.user, &claims.target, Protocol::Rdp, &claims.login, now)
         .map_err(|d| fail(Refused::Denied(d.to_string())))?;
-    if grant.status(now) != GrantStatus::Live {
-        return Err(fail(Refused::Denied(format!("grant {} is not live", grant.id))));
-    }
     let target_config = gateway
         .inventory
         .get(&claims.target)
@@ -275,8 +274,9 @@ async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStrea
         .write_all(&wire::encode_connection_confirm(ConnectionConfirm::Selected { protocol: PROTOCOL_SSL, flags }))
         .await
         .map_err(|e| fail(Refused::Client(e.to_string())))?;
-    let acceptor = tls::acceptor(gateway, config).map_err(|e| fail(Refused::Internal(e)))?;
-    let client = acceptor
+    let client_tls = gateway.rdp_tls.as_ref().ok_or_else(|| fail(Refused::Internal("RDP TLS is not loaded".into())))?;
+    let client = client_tls
+        .acceptor
         .accept(tcp)
         .await
         .map_err(|e| fail(Refused::Client(format!("TLS handshake failed: {e}"))))?;
@@ -288,12 +288,13 @@ async fn handshake(gateway: &Arc<Gateway>, config: &RdpConfig, mut tcp: TcpStrea
         client_requested: request.requested_protocols,
         target_selected: selected,
         password,
+        allow: rewrite::Allowances::from_grant(&grant.rdp_redirect),
         _hold: hold,
     })
 }
 
 async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: SocketAddr) {
-    let Ready { client, target, claims, target_config, client_requested, target_selected, password, _hold } = ready;
+    let Ready { client, target, claims, target_config, client_requested, target_selected, password, allow, _hold } = ready;
     let session_id = crate::ids::new_id("s");
     let now = gateway.clock.now_ms();
     let end = EndSignal::new();
@@ -368,18 +369,27 @@ async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: So
         tracing::error!(error = %e, "grant enforcement failed");
     }
 
-    let allow = rewrite::Allowances::from_grant(&gateway, &claims.grant).await;
+    // The channel decision is audited as soon as the client's Connect-Initial is read.
+    let (decided, decision) = tokio::sync::oneshot::channel::<serde_json::Value>();
+    {
+        let (gw, user, target) = (Arc::clone(&gateway), claims.user.clone(), claims.target.clone());
+        tokio::spawn(async move {
+            if let Ok(details) = decision.await {
+                gw.audit(AuditEvent::new("rdp.channels", user, details).on(target)).await;
+            }
+        });
+    }
     let upstream = rewrite::Upstream {
         target_selected,
         credential: target_config.rdp_credential.clone().zip(password),
         allow,
         record_input: config.record_keystrokes,
+        decided,
     };
     let (client_read, client_write) = tokio::io::split(client);
     let (target_read, target_write) = tokio::io::split(target);
-    let decisions = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
     let blocked = rewrite::SharedBlocked::default();
-    let up = rewrite::client_to_target(client_read, target_write, upstream, recorder.clone(), Arc::clone(&decisions), Arc::clone(&blocked));
+    let up = rewrite::client_to_target(client_read, target_write, upstream, recorder.clone(), Arc::clone(&blocked));
     let down = rewrite::target_to_client(target_read, client_write, client_requested, recorder.clone(), blocked);
     let failure = async {
         match &recorder {
@@ -393,9 +403,6 @@ async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: So
         r = end.ended() => r,
         r = failure => r,
     };
-    for decision in decisions.lock().map(|d| d.clone()).unwrap_or_default() {
-        gateway.audit(AuditEvent::new("rdp.channels", claims.user.clone(), decision).on(claims.target.clone())).await;
-    }
     if let Some(r) = &recorder {
         let event = serde_json::json!({"event": "ended", "reason": reason});
         let _ = r.data(Stream::Stderr, &Bytes::from(event.to_string())).await;
@@ -448,27 +455,39 @@ pub struct IssuedTicket {
     pub certificate_sha256: Option<String>,
 }
 
+/// Why no ticket was issued.
+#[derive(Debug, thiserror::Error)]
+pub enum TicketRefused {
+    #[error("{0}")]
+    Denied(#[from] crate::access::Denied),
+    #[error("RDP is not enabled on this gateway")]
+    RdpOff,
+    #[error("{0} is not configured for RDP (no rdp_port)")]
+    NotRdp(String),
+    #[error("the gateway's store is unavailable")]
+    Store,
+}
+
 /// Issues a ticket for `user` to reach `target` over RDP as `login` (default:
 /// the first login the grant allows), after checking a live RDP grant.
-pub async fn issue_ticket(gateway: &Gateway, user: &str, target: &str, login: Option<&str>) -> Result<IssuedTicket, crate::access::Denied> {
-    use crate::access::Denied;
-    let unavailable = |why: &str| Denied::NoGrant { user: user.into(), target: format!("{target} ({why})"), protocol: Protocol::Rdp };
+pub async fn issue_ticket(gateway: &Gateway, user: &str, target: &str, login: Option<&str>) -> Result<IssuedTicket, TicketRefused> {
     let (Some(config), Some(address)) = (gateway.config.rdp.as_ref(), gateway.config.public_rdp_address()) else {
-        return Err(unavailable("RDP is not enabled on this gateway"));
+        return Err(TicketRefused::RdpOff);
     };
-    let target_config = gateway.inventory.get(target).ok_or_else(|| Denied::UnknownTarget { host: target.chars().take(80).collect() })?;
+    let target_config =
+        gateway.inventory.get(target).ok_or_else(|| crate::access::Denied::UnknownTarget { host: target.chars().take(80).collect() })?;
     if target_config.rdp_port.is_none() {
-        return Err(unavailable("the target is not configured for RDP"));
+        return Err(TicketRefused::NotRdp(target.into()));
     }
     let owner = user.to_string();
-    let grants = blocking(&gateway.store, move |s| s.grants_for_user(&owner)).await.map_err(|_| unavailable("the store is unavailable"))?;
+    let grants = blocking(&gateway.store, move |s| s.grants_for_user(&owner)).await.map_err(|_| TicketRefused::Store)?;
     let now = gateway.clock.now_ms();
     let login = match login {
         Some(l) => l.to_string(),
         None => {
+            // The grant that lasts longest names the default login (grants always name at least one).
             let permit = crate::access::check_target(&grants, user, target, Protocol::Rdp, now)?;
-            let grant = grants.iter().find(|g| g.id == permit.grant_id).ok_or_else(|| unavailable("grant vanished"))?;
-            grant.logins.first().cloned().ok_or_else(|| unavailable("the grant names no login"))?
+            grants.iter().find(|g| g.id == permit.grant_id).and_then(|g| g.logins.first().cloned()).unwrap_or_default()
         }
     };
     let permit = crate::access::check_login(&grants, user, target, Protocol::Rdp, &login, now)?;
@@ -497,6 +516,6 @@ pub async fn issue_ticket(gateway: &Gateway, user: &str, target: &str, login: Op
         grant: permit.grant_id,
         expires_ms,
         address,
-        certificate_sha256: tls::presented_certificate_sha256(gateway, config),
+        certificate_sha256: gateway.rdp_tls.as_ref().map(|t| t.fingerprint.clone()),
     })
 }

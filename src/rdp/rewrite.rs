@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ironrdp_core::{decode, encode_vec};
 use ironrdp_pdu::gcc::{ChannelName, ClientEarlyCapabilityFlags, ConferenceCreateRequest, ConferenceCreateResponse};
 use ironrdp_pdu::mcs::{ConnectInitial, ConnectResponse, McsMessage, SendDataRequest};
@@ -35,9 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::{keep, send, wire};
 use crate::config::RdpCredential;
-use crate::gateway::Gateway;
 use crate::recording::{Recorder, Stream};
-use crate::store::blocking;
 
 /// Redirections a grant allows (everything else is dropped).
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,10 +45,8 @@ pub struct Allowances {
 }
 
 impl Allowances {
-    pub async fn from_grant(gateway: &Gateway, grant_id: &str) -> Allowances {
-        let id = grant_id.to_string();
-        let grant = blocking(&gateway.store, move |s| s.grant(&id)).await.ok().flatten();
-        let allowed = grant.map(|g| g.rdp_redirect).unwrap_or_default();
+    /// From a grant's `rdp_redirect` list.
+    pub fn from_grant(allowed: &[String]) -> Allowances {
         Allowances { clipboard: allowed.iter().any(|a| a == "clipboard"), drives: allowed.iter().any(|a| a == "drives") }
     }
 
@@ -65,6 +61,8 @@ pub struct Upstream {
     pub credential: Option<(RdpCredential, crate::secret::Secret<String>)>,
     pub allow: Allowances,
     pub record_input: bool,
+    /// Receives the channel decision (for the audit log) once the Connect-Initial is read.
+    pub decided: tokio::sync::oneshot::Sender<serde_json::Value>,
 }
 
 /// Channels whose traffic is dropped, by MCS channel ID, once the target has assigned them.
@@ -77,8 +75,10 @@ pub struct Blocked {
 
 pub type SharedBlocked = Arc<Mutex<Blocked>>;
 
-fn blocked_id(blocked: &SharedBlocked, channel: u16) -> bool {
-    blocked.lock().map(|b| b.ids.contains(&channel)).unwrap_or(true)
+/// Whether a TPKT frame carries data on a blocked channel (a poisoned lock blocks everything).
+fn on_blocked_channel(blocked: &SharedBlocked, frame: &[u8]) -> bool {
+    let Ok(b) = blocked.lock() else { return true };
+    !b.ids.is_empty() && data_channel(frame).is_some_and(|c| b.ids.contains(&c))
 }
 
 fn protocol(bits: u32) -> SecurityProtocol {
@@ -220,82 +220,92 @@ fn data_channel(frame: &[u8]) -> Option<u16> {
     }
 }
 
-/// Reads whole PDUs off `r` into `buf`; `None` at a clean end.
-async fn next_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, side: &str) -> Result<Option<Vec<u8>>, String> {
-    loop {
-        match wire::frame_len(buf) {
-            Ok(Some(n)) if buf.len() >= n => return Ok(Some(buf.drain(..n).collect())),
-            Ok(_) => {}
-            Err(e) => return Err(format!("{side} sent a malformed PDU: {e}")),
+/// Cuts a byte stream into whole PDUs (TPKT or fast-path), handing each
+/// out as `Bytes` without copying it: the same bytes go to the other side
+/// and to the recording.
+struct Framer {
+    buf: BytesMut,
+    side: &'static str,
+}
+
+impl Framer {
+    fn new(side: &'static str) -> Framer {
+        Framer { buf: BytesMut::new(), side }
+    }
+
+    /// The next PDU; `None` at a clean end.
+    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<Bytes>, String> {
+        loop {
+            match wire::frame_len(&self.buf) {
+                Ok(Some(n)) if self.buf.len() >= n => return Ok(Some(self.buf.split_to(n).freeze())),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{} sent a malformed PDU: {e}", self.side)),
+            }
+            self.buf.reserve(16 << 10);
+            let n = r.read_buf(&mut self.buf).await.map_err(|e| format!("{} connection failed: {e}", self.side))?;
+            if n == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(format!("{} closed the connection mid-PDU", self.side)) };
+            }
         }
-        let mut chunk = vec![0u8; 64 << 10];
-        let n = r.read(&mut chunk).await.map_err(|e| format!("{side} connection failed: {e}"))?;
-        if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(format!("{side} closed the connection mid-PDU")) };
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
-#[derive(PartialEq)]
 enum Phase {
     ConnectInitial,
     ClientInfo,
-    ConfirmActive,
-    Relay,
+    /// Connected: Confirm Active PDUs (also after a reactivation) are still rewritten.
+    Active,
 }
 
-pub async fn client_to_target<R, W>(
-    mut r: R,
-    mut w: W,
-    up: Upstream,
-    recorder: Option<Arc<Recorder>>,
-    decisions: Arc<Mutex<Vec<serde_json::Value>>>,
-    blocked: SharedBlocked,
-) -> Result<(), String>
+pub async fn client_to_target<R, W>(mut r: R, mut w: W, up: Upstream, recorder: Option<Arc<Recorder>>, blocked: SharedBlocked) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let credential = up.credential.as_ref().map(|(c, p)| (c, p.expose().as_str()));
+    let Upstream { target_selected, credential, allow, record_input, decided } = up;
+    let credential = credential.as_ref().map(|(c, p)| (c, p.expose().as_str()));
+    let mut decided = Some(decided);
     let mut phase = Phase::ConnectInitial;
-    let mut buf = Vec::new();
-    while let Some(frame) = next_frame(&mut r, &mut buf, "the client").await? {
-        let tpkt = wire::is_tpkt(&frame);
-        let (sent, recorded): (Cow<'_, [u8]>, Option<Cow<'_, [u8]>>) = match phase {
-            Phase::ConnectInitial if tpkt => {
-                let (rewritten, decision) = connect_initial(&frame, up.target_selected, up.allow, &blocked)?;
-                if let Ok(mut d) = decisions.lock() {
-                    d.push(decision);
-                }
-                phase = Phase::ClientInfo;
-                (Cow::Owned(rewritten.clone()), Some(Cow::Owned(rewritten)))
-            }
-            Phase::ClientInfo if tpkt => match client_info(&frame, credential) {
-                Some(result) => {
-                    let (sent, redacted) = result?;
-                    phase = Phase::ConfirmActive;
-                    (Cow::Owned(sent), Some(Cow::Owned(redacted)))
-                }
-                None => (Cow::Borrowed(&frame[..]), Some(Cow::Borrowed(&frame[..]))),
-            },
-            Phase::ConfirmActive | Phase::Relay if tpkt => {
-                if data_channel(&frame).is_some_and(|c| blocked_id(&blocked, c)) {
-                    continue;
-                }
-                match confirm_active(&frame) {
-                    Some(rewritten) => {
-                        phase = Phase::Relay;
-                        (Cow::Owned(rewritten.clone()), Some(Cow::Owned(rewritten)))
-                    }
-                    None => (Cow::Borrowed(&frame[..]), Some(Cow::Borrowed(&frame[..]))),
-                }
-            }
+    let mut framer = Framer::new("the client");
+    while let Some(frame) = framer.next(&mut r).await? {
+        let (sent, recorded) = if !wire::is_tpkt(&frame) {
             // Fast-path from a client is input: keys and mouse.
-            _ => (Cow::Borrowed(&frame[..]), up.record_input.then(|| Cow::Borrowed(&frame[..]))),
+            (frame.clone(), record_input.then_some(frame))
+        } else {
+            match phase {
+                Phase::ConnectInitial => {
+                    let (rewritten, decision) = connect_initial(&frame, target_selected, allow, &blocked)?;
+                    if let Some(tx) = decided.take() {
+                        let _ = tx.send(decision);
+                    }
+                    phase = Phase::ClientInfo;
+                    let rewritten = Bytes::from(rewritten);
+                    (rewritten.clone(), Some(rewritten))
+                }
+                Phase::ClientInfo => match client_info(&frame, credential) {
+                    Some(result) => {
+                        let (sent, redacted) = result?;
+                        phase = Phase::Active;
+                        (Bytes::from(sent), Some(Bytes::from(redacted)))
+                    }
+                    None => (frame.clone(), Some(frame)),
+                },
+                Phase::Active => {
+                    if on_blocked_channel(&blocked, &frame) {
+                        continue;
+                    }
+                    match confirm_active(&frame) {
+                        Some(rewritten) => {
+                            let rewritten = Bytes::from(rewritten);
+                            (rewritten.clone(), Some(rewritten))
+                        }
+                        None => (frame.clone(), Some(frame)),
+                    }
+                }
+            }
         };
         if let Some(rec) = recorded {
-            keep(&recorder, Stream::Input, Bytes::copy_from_slice(&rec)).await?;
+            keep(&recorder, Stream::Input, rec).await?;
         }
         send(&mut w, &sent, "the target").await?;
     }
@@ -307,22 +317,23 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut first = true;
-    let mut buf = Vec::new();
-    while let Some(frame) = next_frame(&mut r, &mut buf, "the target").await? {
-        let out = if first && wire::is_tpkt(&frame) {
-            first = false;
-            connect_response(&frame, client_requested, &blocked)?
-        } else {
-            if wire::is_tpkt(&frame) && data_channel(&frame).is_some_and(|c| blocked_id(&blocked, c)) {
-                continue;
-            }
-            frame
-        };
-        keep(&recorder, Stream::Output, Bytes::from(out.clone())).await?;
-        send(&mut w, &out, "the client").await?;
+    let mut framer = Framer::new("the target");
+    let Some(first) = framer.next(&mut r).await? else { return Ok(()) };
+    if !wire::is_tpkt(&first) {
+        return Err("the target did not start with an MCS Connect-Response".into());
     }
-    Ok(())
+    let mut frame = Bytes::from(connect_response(&first, client_requested, &blocked)?);
+    loop {
+        keep(&recorder, Stream::Output, frame.clone()).await?;
+        send(&mut w, &frame, "the client").await?;
+        frame = loop {
+            match framer.next(&mut r).await? {
+                None => return Ok(()),
+                Some(f) if wire::is_tpkt(&f) && on_blocked_channel(&blocked, &f) => continue,
+                Some(f) => break f,
+            }
+        };
+    }
 }
 
 #[cfg(test)]

@@ -26,37 +26,38 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn identity(gateway: &Gateway, config: &RdpConfig) -> Result<(String, crate::secret::Secret<String>), String> {
-    Ok(match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => (
-            std::fs::read_to_string(c).map_err(|e| format!("{}: {e}", c.display()))?,
-            crate::secret::Secret::new(std::fs::read_to_string(k).map_err(|e| format!("{}: {e}", k.display()))?),
-        ),
-        _ => crate::api::default_identity(&gateway.config, &gateway.keys).map_err(|e| e.to_string())?,
-    })
+/// What RDP clients are shown: the acceptor and its certificate's
+/// fingerprint, loaded once when the gateway opens.
+pub struct ClientSide {
+    pub acceptor: TlsAcceptor,
+    /// SHA-256 of the certificate as FreeRDP writes it (`ab:cd:...`), for
+    /// `xfreerdp /cert:fingerprint:sha256:...`.
+    pub fingerprint: String,
 }
 
-/// SHA-256 of the certificate RDP clients are shown, as FreeRDP writes it
-/// (`ab:cd:...`), for `xfreerdp /cert:fingerprint:sha256:...`.
-pub fn presented_certificate_sha256(gateway: &Gateway, config: &RdpConfig) -> Option<String> {
-    let (cert_pem, _) = identity(gateway, config).ok()?;
-    let first = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next()?.ok()?;
-    let hex = data_encoding::HEXLOWER.encode(digest(&SHA256, first.as_ref()).as_ref());
-    Some(hex.as_bytes().chunks(2).map(|pair| String::from_utf8_lossy(pair).into_owned()).collect::<Vec<_>>().join(":"))
-}
-
-pub fn acceptor(gateway: &Gateway, config: &RdpConfig) -> Result<TlsAcceptor, String> {
-    let (cert_pem, key_pem) = identity(gateway, config)?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("RDP certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|e| format!("RDP key: {e}"))?;
-    let server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+impl ClientSide {
+    pub fn load(config: &crate::config::Config, rdp: &RdpConfig, keys: &crate::keys::KeyMaterial) -> Result<ClientSide, String> {
+        let (cert_pem, key_pem) = match (&rdp.tls_cert, &rdp.tls_key) {
+            (Some(c), Some(k)) => (
+                std::fs::read_to_string(c).map_err(|e| format!("{}: {e}", c.display()))?,
+                crate::secret::Secret::new(std::fs::read_to_string(k).map_err(|e| format!("{}: {e}", k.display()))?),
+            ),
+            _ => crate::api::default_identity(config, keys).map_err(|e| e.to_string())?,
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("RDP certificate: {e}"))?;
+        let first = chain.first().ok_or("RDP certificate: the file holds no certificate")?;
+        let hex = data_encoding::HEXLOWER.encode(digest(&SHA256, first.as_ref()).as_ref());
+        let fingerprint = hex.as_bytes().chunks(2).map(|pair| String::from_utf8_lossy(pair).into_owned()).collect::<Vec<_>>().join(":");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|e| format!("RDP key: {e}"))?;
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("RDP certificate and key: {e}"))?;
+        Ok(ClientSide { acceptor: TlsAcceptor::from(Arc::new(server)), fingerprint })
+    }
 }
 
 #[derive(Debug)]

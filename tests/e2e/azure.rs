@@ -10,7 +10,10 @@ use crate::support::{self, Client, Gw, GwOptions, GwProcess, LOGIN, Sshd, eventu
 
 pub(crate) const GATEWAY_IP: &str = "10.1.0.4";
 
-pub(crate) fn azure_section(fake: &FakeArm, opener: &str, linger: &str, secret: &std::path::Path) -> String {
+/// The `[azure]` section pointing at `fake`, with a client secret file beside its CA.
+pub(crate) fn azure_section(fake: &FakeArm, opener: &str, linger: &str) -> String {
+    let secret = fake.ca_file.with_file_name("client-secret");
+    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
     format!(
         "\n[azure]\nopener = \"{opener}\"\ngateway_ip = \"{GATEWAY_IP}\"\narm_endpoint = \"{url}\"\nauthority_host = \"{url}\"\n\
          ca_file = \"{ca}\"\ntenant_id = \"tenant-1\"\nclient_id = \"client-1\"\nclient_secret_file = \"{secret}\"\nazure_cli = false\n\
@@ -36,11 +39,9 @@ async fn az_world(opener: &str, linger: &str, deny_port: bool) -> Option<AzWorld
     let prepared = support::prepare();
     let sshd = Sshd::start(&prepared.target_ca);
     let fake = FakeArm::start("127.0.0.1", deny_port.then_some(sshd.port)).await;
-    let secret = fake.ca_file.with_file_name("client-secret");
-    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
     let extra = format!(
         "{}\n[targets.vm1]\nazure_vm = \"{}\"\nssh_port = {}\n",
-        azure_section(&fake, opener, linger, &secret),
+        azure_section(&fake, opener, linger),
         fake_arm::VM,
         sshd.port
     );
@@ -201,11 +202,9 @@ async fn vms_tagged_for_the_gateway_are_discovered_as_targets() {
     let prepared = support::prepare();
     let sshd = Sshd::start(&prepared.target_ca);
     let fake = FakeArm::start("127.0.0.1", None).await;
-    let secret = fake.ca_file.with_file_name("client-secret");
-    std::fs::write(&secret, "x\n").unwrap();
     let extra = format!(
         "{}\n[[azure.discover]]\nsubscription = \"subid\"\nresource_group = \"rg1\"\ntag = \"jit-gateway=enabled\"\nssh_port = {}\n",
-        azure_section(&fake, "none", "1s", &secret),
+        azure_section(&fake, "none", "1s"),
         sshd.port
     );
     let gw = Gw::start(prepared, GwOptions { extra, ..Default::default() }).await;
@@ -228,12 +227,10 @@ async fn a_gateway_killed_after_the_lease_or_after_the_rule_leaves_no_rule_behin
     let prepared = support::prepare();
     let sshd = Sshd::start(&prepared.target_ca);
     let fake = FakeArm::start("127.0.0.1", None).await;
-    let secret = fake.ca_file.with_file_name("client-secret");
-    std::fs::write(&secret, "x\n").unwrap();
     let port = support::peers::free_port();
     let extra = format!(
         "{}\n[targets.vm1]\nazure_vm = \"{}\"\nssh_port = {}\n",
-        azure_section(&fake, "azure-nsg", "1s", &secret),
+        azure_section(&fake, "azure-nsg", "1s"),
         fake_arm::VM,
         sshd.port
     );

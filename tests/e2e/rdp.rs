@@ -440,12 +440,10 @@ async fn rdp_opens_the_vms_rdp_port_in_azure_for_the_gateway_while_the_grant_las
     use crate::support::fake_arm::{self, FakeArm};
     let target = FakeTarget::start().await;
     let fake = FakeArm::start("127.0.0.1", None).await;
-    let secret = fake.ca_file.with_file_name("client-secret");
-    std::fs::write(&secret, "not-a-real-secret\n").unwrap();
     let extra = format!(
         "{}{}\n[targets.vm2]\nazure_vm = \"{}\"\nrdp_port = {}\n",
         rdp_section(),
-        crate::azure::azure_section(&fake, "azure-nsg", "1h", &secret),
+        crate::azure::azure_section(&fake, "azure-nsg", "1h"),
         fake_arm::VM,
         target.port
     );

@@ -9,53 +9,19 @@
 // 3 unexpected response or network error. One line on stderr either way.
 // Never prints the password or any token.
 
-import { parseArgs } from 'node:util';
-
 import {
-  Browser, DEMO_PASSWORDS, Refused, Unexpected, formAction, hiddenInputs, pageError,
+  Browser, Refused, Unexpected, commandLine, finisher, formAction, hiddenInputs, pageError, run,
 } from './browser-lib.mjs';
 
 const USAGE = 'usage: node approve.mjs --issuer http://127.0.0.1:PORT --user NAME [--password P] [--deny] USER_CODE';
-
-function finish(code, message) {
-  process.stderr.write(`approve: ${message}\n`);
-  process.exit(code);
-}
-
-let values;
-let positionals;
-try {
-  ({ values, positionals } = parseArgs({
-    options: {
-      issuer: { type: 'string' },
-      user: { type: 'string' },
-      password: { type: 'string' },
-      deny: { type: 'boolean', default: false },
-      verbose: { type: 'boolean', short: 'v', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
-} catch (err) {
-  finish(2, `${err.message}\n${USAGE}`);
-}
-if (values.help) finish(0, USAGE);
-if (!values.issuer) finish(2, `--issuer is required\n${USAGE}`);
-if (positionals.length !== 1 || !positionals[0]) finish(2, `exactly one USER_CODE is required\n${USAGE}`);
-if (!values.deny && !values.user) finish(2, `--user is required\n${USAGE}`);
+const finish = finisher('approve');
+const { values, positional: userCode, username, password } = commandLine(finish, USAGE, 'USER_CODE', { issuer: { type: 'string' } });
 
 let issuer;
 try {
   issuer = new URL(values.issuer.replace(/\/+$/, '/'));
 } catch {
   finish(2, `invalid --issuer ${JSON.stringify(values.issuer)}`);
-}
-const userCode = positionals[0];
-const username = values.user;
-const password = values.password ?? DEMO_PASSWORDS[username];
-if (!values.deny && password === undefined) {
-  finish(2, `no demo password known for user ${JSON.stringify(username)}; pass --password`);
 }
 
 function debug(msg) {
@@ -113,11 +79,4 @@ async function main() {
   throw new Unexpected(`approval of ${userCode} did not complete: ${err ? err.message : `HTTP ${page.status} at ${page.url.pathname}`}`);
 }
 
-main().then(
-  (message) => finish(0, message),
-  (error) => {
-    if (error instanceof Refused) finish(1, error.message);
-    if (error instanceof Unexpected) finish(3, error.message);
-    finish(3, `internal error: ${error?.stack || error}`);
-  },
-);
+run(main, finish);

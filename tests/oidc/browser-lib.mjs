@@ -3,6 +3,8 @@
 // that follows redirects with it, and a few regex helpers for the simple
 // HTML pages of server.mjs. Nothing here prints passwords, codes or tokens.
 
+import { parseArgs } from 'node:util';
+
 export const DEMO_PASSWORDS = { alice: 'alice-password', bob: 'bob-password', carol: 'carol-password' };
 
 /** The provider refused what we asked (wrong password, bad user code, ...). */
@@ -190,4 +192,65 @@ export function pageError(html) {
 export function loginFormAction(page) {
   if (!page || !page.url || !/^\/interaction\//.test(page.url.pathname)) return undefined;
   return formAction(page.text, 'login');
+}
+
+// ----------------------------------------------------------- command line --
+
+/** `finish(code, message)`: one line on stderr, prefixed with `name`, then exit. */
+export function finisher(name) {
+  return (code, message) => {
+    process.stderr.write(`${name}: ${message}\n`);
+    process.exit(code);
+  };
+}
+
+/**
+ * The command line both tools share: --user, --password, --deny, --verbose,
+ * --help (plus `extra` options) and exactly one positional argument, named
+ * `what` in messages. Bad usage exits 2. The password defaults to the demo
+ * user's.
+ */
+export function commandLine(finish, usage, what, extra = {}) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      options: {
+        user: { type: 'string' },
+        password: { type: 'string' },
+        deny: { type: 'boolean', default: false },
+        verbose: { type: 'boolean', short: 'v', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+        ...extra,
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (err) {
+    finish(2, `${err.message}\n${usage}`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) finish(0, usage);
+  for (const name of Object.keys(extra)) {
+    if (values[name] === undefined) finish(2, `--${name} is required\n${usage}`);
+  }
+  if (positionals.length !== 1 || !positionals[0]) finish(2, `exactly one ${what} is required\n${usage}`);
+  if (!values.deny && !values.user) finish(2, `--user is required\n${usage}`);
+  const password = values.password ?? DEMO_PASSWORDS[values.user];
+  if (!values.deny && password === undefined) {
+    finish(2, `no demo password known for user ${JSON.stringify(values.user)}; pass --password`);
+  }
+  return { values, positional: positionals[0], username: values.user, password };
+}
+
+/** Runs `main` and exits: 0 with its message, 1 refused, 3 unexpected, or a code from `more` ([class, code] pairs). */
+export function run(main, finish, more = []) {
+  main().then(
+    (message) => finish(0, message),
+    (error) => {
+      if (error instanceof Refused) finish(1, error.message);
+      if (error instanceof Unexpected) finish(3, error.message);
+      for (const [kind, code] of more) if (error instanceof kind) finish(code, error.message);
+      finish(3, `internal error: ${error?.stack || error}`);
+    },
+  );
 }

@@ -19,10 +19,8 @@
 // code, the state or any token: of the callback only its host:port, path and
 // HTTP status.
 
-import { parseArgs } from 'node:util';
-
 import {
-  Browser, DEMO_PASSWORDS, Refused, Unexpected, loginFormAction, pageError,
+  Browser, Refused, Unexpected, commandLine, finisher, loginFormAction, pageError, run,
 } from './browser-lib.mjs';
 
 const USAGE = 'usage: node browser.mjs --user NAME [--password P] [--deny] [--verbose] AUTHORIZE_URL';
@@ -30,35 +28,12 @@ const CALLBACK_TIMEOUT_MS = 30_000;
 
 class CallbackFailed extends Error {}
 
-function finish(code, message) {
-  process.stderr.write(`browser: ${message}\n`);
-  process.exit(code);
-}
-
-let values;
-let positionals;
-try {
-  ({ values, positionals } = parseArgs({
-    options: {
-      user: { type: 'string' },
-      password: { type: 'string' },
-      deny: { type: 'boolean', default: false },
-      verbose: { type: 'boolean', short: 'v', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    allowPositionals: true,
-    strict: true,
-  }));
-} catch (err) {
-  finish(2, `${err.message}\n${USAGE}`);
-}
-if (values.help) finish(0, USAGE);
-if (positionals.length !== 1 || !positionals[0]) finish(2, `exactly one AUTHORIZE_URL is required\n${USAGE}`);
-if (!values.deny && !values.user) finish(2, `--user is required\n${USAGE}`);
+const finish = finisher('browser');
+const { values, positional, username, password } = commandLine(finish, USAGE, 'AUTHORIZE_URL');
 
 let authorizeUrl;
 try {
-  authorizeUrl = new URL(positionals[0]);
+  authorizeUrl = new URL(positional);
   if (authorizeUrl.protocol !== 'http:' && authorizeUrl.protocol !== 'https:') throw new Error('not http(s)');
 } catch {
   finish(2, 'AUTHORIZE_URL must be an absolute http(s) URL');
@@ -78,11 +53,6 @@ if (redirectUriParam) {
   }
 }
 
-const username = values.user;
-const password = values.password ?? DEMO_PASSWORDS[username];
-if (!values.deny && password === undefined) {
-  finish(2, `no demo password known for user ${JSON.stringify(username)}; pass --password`);
-}
 
 function debug(msg) {
   if (values.verbose) process.stderr.write(`browser: ${msg}\n`);
@@ -155,12 +125,4 @@ async function main() {
   return `signed in as ${username}; ${answered}`;
 }
 
-main().then(
-  (message) => finish(0, message),
-  (error) => {
-    if (error instanceof Refused) finish(1, error.message);
-    if (error instanceof Unexpected) finish(3, error.message);
-    if (error instanceof CallbackFailed) finish(4, error.message);
-    finish(3, `internal error: ${error?.stack || error}`);
-  },
-);
+run(main, finish, [[CallbackFailed, 4]]);
