@@ -101,6 +101,7 @@ pub struct Provider {
     _stdin: ChildStdin,
     pub issuer: String,
     http: reqwest::Client,
+    _logdir: tempfile::TempDir,
 }
 
 fn fixture_dir() -> PathBuf {
@@ -121,22 +122,43 @@ impl Provider {
             eprintln!("skipping: {message}");
             return None;
         }
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .args(["--port", "0", "--test-controls"])
-            .current_dir(fixture_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("provider ready line");
-        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
-        let issuer = ready["issuer"].as_str().expect("issuer").to_string();
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Some(Provider { child, _stdin: stdin, issuer, http })
+        // Its ready line normally comes within a second; a start that stalls
+        // (seen once under a loaded full run) is retried instead of hanging the test.
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("provider.log");
+        for _attempt in 0..3 {
+            let mut child = Command::new("node")
+                .arg("server.mjs")
+                .args(["--port", "0", "--test-controls"])
+                .current_dir(fixture_dir())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start node");
+            let stdin = child.stdin.take().unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if !line.is_empty() => {
+                    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
+                    let issuer = ready["issuer"].as_str().expect("issuer").to_string();
+                    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+                    return Some(Provider { child, _stdin: stdin, issuer, http, _logdir: logdir });
+                }
+                _ => {
+                    eprintln!("the OpenID provider did not start; retrying: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("the OpenID provider did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
 
     /// Approves (or denies) a device code as `user`, through the provider's pages.

@@ -40,30 +40,27 @@ pub struct Xvfb {
 }
 
 impl Xvfb {
+    /// Xvfb picks a free display and writes its number on `-displayfd` once
+    /// it accepts clients (its socket file appears earlier than that).
+    /// `-noreset`: without it the server resets whenever its last client
+    /// leaves, and a client connecting during the reset is refused.
     pub fn start() -> Xvfb {
-        for _ in 0..20 {
-            let n = 100 + (std::process::id() as u16 % 400) + (free_port() % 97);
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-                continue;
+        use std::io::BufRead;
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-noreset"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Xvfb");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        match line.trim().parse::<u32>() {
+            Ok(n) => Xvfb { child, display: format!(":{n}") },
+            Err(_) => {
+                kill(&mut child);
+                panic!("Xvfb did not start");
             }
-            let mut child = Command::new("Xvfb")
-                .args([format!(":{n}"), "-screen".into(), "0".into(), "1280x1024x24".into(), "-nolisten".into(), "tcp".into()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start Xvfb");
-            for _ in 0..50 {
-                if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                    return Xvfb { child, display: format!(":{n}") };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            kill(&mut child);
         }
-        panic!("Xvfb did not start");
     }
 }
 
@@ -166,7 +163,7 @@ impl Xrdp {
             .stderr(Stdio::null())
             .spawn()
             .expect("start xrdp"));
-        for _ in 0..100 {
+        for _ in 0..400 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && std::net::TcpStream::connect(("::1", 3350)).or_else(|_| std::net::TcpStream::connect(("127.0.0.1", 3350))).is_ok() {
                 return Xrdp { xrdp, sesman, port, log, certificate_sha256, _tmp: tmp };
             }
@@ -192,6 +189,9 @@ impl Drop for Xrdp {
     }
 }
 
+/// Peers get 20 s to come up: the shadow server makes its RSA certificate
+/// on first start, which is slow on a loaded 2-core machine.
+///
 /// FreeRDP's shadow server, requiring NLA with one account (a SAM file).
 pub struct ShadowServer {
     child: Child,
@@ -206,25 +206,31 @@ impl ShadowServer {
         let out = Command::new("winpr-hash").args(["-u", user, "-p", password, "-f", "sam"]).output().expect("winpr-hash");
         assert!(out.status.success());
         std::fs::write(&sam, &out.stdout).unwrap();
-        let port = free_port();
-        let mut child = Command::new("freerdp-shadow-cli")
-            .args(["/bind-address:127.0.0.1", &format!("/port:{port}"), "/sec:nla", &format!("/sam-file:{}", sam.display()), "+auth"])
-            .env("DISPLAY", display)
-            .env("HOME", tmp.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start freerdp-shadow-cli");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return ShadowServer { child, port, _tmp: tmp };
+        let log = tmp.path().join("shadow.log");
+        // A port picked here can be taken before the server binds it: retry.
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("freerdp-shadow-cli")
+                .args(["/bind-address:127.0.0.1", &format!("/port:{port}"), "/sec:nla", &format!("/sam-file:{}", sam.display()), "+auth"])
+                .env("DISPLAY", display)
+                .env("HOME", tmp.path())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start freerdp-shadow-cli");
+            for _ in 0..400 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return ShadowServer { child, port, _tmp: tmp };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!("freerdp-shadow-cli exited ({status}), retrying: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("freerdp-shadow-cli exited ({status})");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            kill(&mut child);
         }
-        panic!("freerdp-shadow-cli did not start");
+        panic!("freerdp-shadow-cli did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
 }
 
