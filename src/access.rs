@@ -20,7 +20,9 @@ pub struct Permit {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    #[error("`{host}` is not a target of this gateway. Connect by target name (ask your administrator which targets exist)")]
+    #[error(
+        "`{host}` is not a target of this gateway. Connect by target name (ask your administrator which targets exist)"
+    )]
     UnknownTarget { host: String },
     #[error("{target} is reached on port {expected} through this gateway, not {requested}")]
     WrongPort { target: String, requested: u32, expected: u16 },
@@ -45,9 +47,8 @@ pub fn resolve_target<'a>(
     host: &str,
     port: u32,
 ) -> Result<(&'a str, &'a TargetConfig), Denied> {
-    let (name, target) = inventory
-        .get_key_value(host)
-        .ok_or_else(|| Denied::UnknownTarget { host: host.chars().take(80).collect() })?;
+    let (name, target) =
+        inventory.get_key_value(host).ok_or_else(|| Denied::UnknownTarget { host: host.chars().take(80).collect() })?;
     // Clients ask for port 22 unless told otherwise; the target's real port is accepted too.
     if port != 22 && port != u32::from(target.ssh_port) {
         return Err(Denied::WrongPort { target: name.clone(), requested: port, expected: 22 });
@@ -70,13 +71,27 @@ fn permit(grant: &Grant) -> Permit {
 
 /// Explains why no live grant matched, from the most telling non-live one.
 fn explain(relevant: &[&Grant], user: &str, target: &str, protocol: Protocol, now_ms: i64) -> Denied {
-    if let Some(g) = relevant.iter().filter(|g| g.status(now_ms) == GrantStatus::Scheduled).min_by_key(|g| g.not_before_ms) {
-        return Denied::NotYetValid { grant_id: g.id.clone(), target: target.into(), starts_ms: g.not_before_ms, now_ms };
+    if let Some(g) =
+        relevant.iter().filter(|g| g.status(now_ms) == GrantStatus::Scheduled).min_by_key(|g| g.not_before_ms)
+    {
+        return Denied::NotYetValid {
+            grant_id: g.id.clone(),
+            target: target.into(),
+            starts_ms: g.not_before_ms,
+            now_ms,
+        };
     }
     match relevant.iter().max_by_key(|g| g.end_ms()) {
         Some(g) => match &g.revocation {
-            Some(r) => Denied::GrantRevoked { grant_id: g.id.clone(), target: target.into(), by: r.by.clone(), reason: r.reason.clone() },
-            None => Denied::GrantExpired { grant_id: g.id.clone(), target: target.into(), at_ms: g.expires_at_ms, now_ms },
+            Some(r) => Denied::GrantRevoked {
+                grant_id: g.id.clone(),
+                target: target.into(),
+                by: r.by.clone(),
+                reason: r.reason.clone(),
+            },
+            None => {
+                Denied::GrantExpired { grant_id: g.id.clone(), target: target.into(), at_ms: g.expires_at_ms, now_ms }
+            }
         },
         None => Denied::NoGrant { user: user.into(), target: target.into(), protocol },
     }
@@ -84,7 +99,13 @@ fn explain(relevant: &[&Grant], user: &str, target: &str, protocol: Protocol, no
 
 /// May `user` reach `target` at all (any login)? Asked when a client opens
 /// the channel, before it names its login.
-pub fn check_target(grants: &[Grant], user: &str, target: &str, protocol: Protocol, now_ms: i64) -> Result<Permit, Denied> {
+pub fn check_target(
+    grants: &[Grant],
+    user: &str,
+    target: &str,
+    protocol: Protocol,
+    now_ms: i64,
+) -> Result<Permit, Denied> {
     let relevant: Vec<&Grant> = grants.iter().filter(|g| covers(g, user, target, protocol)).collect();
     relevant
         .iter()
@@ -96,7 +117,14 @@ pub fn check_target(grants: &[Grant], user: &str, target: &str, protocol: Protoc
 
 /// May `user` log in to `target` as `login`? The permit names the live grant
 /// that lasts longest among those that allow it.
-pub fn check_login(grants: &[Grant], user: &str, target: &str, protocol: Protocol, login: &str, now_ms: i64) -> Result<Permit, Denied> {
+pub fn check_login(
+    grants: &[Grant],
+    user: &str,
+    target: &str,
+    protocol: Protocol,
+    login: &str,
+    now_ms: i64,
+) -> Result<Permit, Denied> {
     let relevant: Vec<&Grant> = grants.iter().filter(|g| covers(g, user, target, protocol)).collect();
     let live: Vec<&&Grant> = relevant.iter().filter(|g| g.status(now_ms) == GrantStatus::Live).collect();
     if live.is_empty() {

@@ -14,7 +14,7 @@ fn grant(id: &str, logins: &[&str], from: i64, until: i64) -> Grant {
         protocol: Protocol::Ssh,
         logins: logins.iter().map(|s| s.to_string()).collect(),
         port_forwarding: false,
-            rdp_redirect: Vec::new(),
+        rdp_redirect: Vec::new(),
         not_before_ms: from,
         expires_at_ms: until,
         reason: "INC-1".into(),
@@ -28,7 +28,15 @@ fn grant(id: &str, logins: &[&str], from: i64, until: i64) -> Grant {
 }
 
 fn inventory() -> BTreeMap<String, TargetConfig> {
-    let t = TargetConfig { address: "10.0.0.4".into(), ssh_port: 2201, host_key: None, tags: vec![], description: String::new(), azure_vm: None, ..TargetConfig::default() };
+    let t = TargetConfig {
+        address: "10.0.0.4".into(),
+        ssh_port: 2201,
+        host_key: None,
+        tags: vec![],
+        description: String::new(),
+        azure_vm: None,
+        ..TargetConfig::default()
+    };
     BTreeMap::from([("vm1".to_string(), t)])
 }
 
@@ -54,8 +62,12 @@ fn a_live_grant_permits_its_logins() {
 
 #[test]
 fn the_longest_lasting_grant_wins() {
-    let grants = [grant("g-short", &["admin"], NOW - HOUR, NOW + HOUR), grant("g-long", &["admin"], NOW - HOUR, NOW + 2 * HOUR)];
-    assert_eq!(check_login(&grants, "alice@example.test", "vm1", Protocol::Ssh, "admin", NOW).unwrap().grant_id, "g-long");
+    let grants =
+        [grant("g-short", &["admin"], NOW - HOUR, NOW + HOUR), grant("g-long", &["admin"], NOW - HOUR, NOW + 2 * HOUR)];
+    assert_eq!(
+        check_login(&grants, "alice@example.test", "vm1", Protocol::Ssh, "admin", NOW).unwrap().grant_id,
+        "g-long"
+    );
 }
 
 #[test]
@@ -70,7 +82,10 @@ fn no_grant_is_explained() {
     rdp.protocol = Protocol::Rdp;
     let mut bob = grant("g-3", &["admin"], NOW - HOUR, NOW + HOUR);
     bob.user = "bob@example.test".into();
-    assert!(matches!(check_target(&[other, rdp, bob], "alice@example.test", "vm1", Protocol::Ssh, NOW), Err(Denied::NoGrant { .. })));
+    assert!(matches!(
+        check_target(&[other, rdp, bob], "alice@example.test", "vm1", Protocol::Ssh, NOW),
+        Err(Denied::NoGrant { .. })
+    ));
 }
 
 #[test]
@@ -102,9 +117,17 @@ fn a_future_grant_is_explained() {
 
 #[test]
 fn a_login_outside_the_grant_names_the_allowed_ones() {
-    let grants = [grant("g-1", &["admin", "deploy"], NOW - HOUR, NOW + HOUR), grant("g-2", &["admin"], NOW - HOUR, NOW + HOUR)];
+    let grants =
+        [grant("g-1", &["admin", "deploy"], NOW - HOUR, NOW + HOUR), grant("g-2", &["admin"], NOW - HOUR, NOW + HOUR)];
     let err = check_login(&grants, "alice@example.test", "vm1", Protocol::Ssh, "root", NOW).unwrap_err();
-    assert_eq!(err, Denied::LoginNotAllowed { target: "vm1".into(), login: "root".into(), allowed: vec!["admin".into(), "deploy".into()] });
+    assert_eq!(
+        err,
+        Denied::LoginNotAllowed {
+            target: "vm1".into(),
+            login: "root".into(),
+            allowed: vec!["admin".into(), "deploy".into()]
+        }
+    );
     assert!(err.to_string().contains("allows: admin, deploy"), "{err}");
 }
 

@@ -26,7 +26,8 @@ pub struct AuditQuery {
 impl AuditQuery {
     pub fn matches(&self, r: &AuditRecord) -> bool {
         let user_ok = self.user.as_deref().is_none_or(|u| {
-            r.actor.eq_ignore_ascii_case(u) || r.details.get("user").and_then(|v| v.as_str()).is_some_and(|d| d.eq_ignore_ascii_case(u))
+            r.actor.eq_ignore_ascii_case(u)
+                || r.details.get("user").and_then(|v| v.as_str()).is_some_and(|d| d.eq_ignore_ascii_case(u))
         });
         user_ok
             && self.target.as_deref().is_none_or(|t| r.target.as_deref() == Some(t))
@@ -47,11 +48,15 @@ pub struct ChainVerified {
 pub enum ChainBroken {
     #[error("record {seq} was altered: its contents do not match its hash")]
     Altered { seq: u64 },
-    #[error("record {seq} does not follow record {previous}: the chain is broken there (a record was removed or replaced)")]
+    #[error(
+        "record {seq} does not follow record {previous}: the chain is broken there (a record was removed or replaced)"
+    )]
     Unlinked { seq: u64, previous: u64 },
     #[error("records are missing before {seq} (expected {expected})")]
     Gap { seq: u64, expected: u64 },
-    #[error("the signed head says record {signed_seq} is last, but the log ends at {last} (records were added or removed at the end)")]
+    #[error(
+        "the signed head says record {signed_seq} is last, but the log ends at {last} (records were added or removed at the end)"
+    )]
     HeadMismatch { signed_seq: u64, last: u64 },
     #[error("the head signature does not verify: {0}")]
     HeadSignature(String),
@@ -85,7 +90,8 @@ pub fn verify<'a>(
         return Ok(ChainVerified { records: 0, head_seq: 0, head_hash: AUDIT_GENESIS.into() });
     };
     let head = head.ok_or(ChainBroken::NoHead)?;
-    verify_signature(signer, &head_text(head.seq, &head.hash), &head.signature).map_err(|e| ChainBroken::HeadSignature(e.to_string()))?;
+    verify_signature(signer, &head_text(head.seq, &head.hash), &head.signature)
+        .map_err(|e| ChainBroken::HeadSignature(e.to_string()))?;
     if head.seq != last.seq || head.hash != last.hash {
         return Err(ChainBroken::HeadMismatch { signed_seq: head.seq, last: last.seq });
     }

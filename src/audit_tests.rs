@@ -8,9 +8,16 @@ fn filled() -> (tempfile::TempDir, RedbStore, std::sync::Arc<KeyMaterial>) {
     let dir = tempfile::tempdir().unwrap();
     let keys = std::sync::Arc::new(KeyMaterial::load_or_generate(&dir.path().join("certs")).unwrap());
     let k = std::sync::Arc::clone(&keys);
-    let store = RedbStore::open(&dir.path().join("db.redb")).unwrap().with_head_signer(Box::new(move |d| k.sign(d).map_err(|e| e.to_string())));
+    let store = RedbStore::open(&dir.path().join("db.redb"))
+        .unwrap()
+        .with_head_signer(Box::new(move |d| k.sign(d).map_err(|e| e.to_string())));
     for i in 0..5 {
-        let e = AuditEvent::new("grant.created", format!("user{i}"), serde_json::json!({"user": "bob@example.test", "n": i})).on("vm1");
+        let e = AuditEvent::new(
+            "grant.created",
+            format!("user{i}"),
+            serde_json::json!({"user": "bob@example.test", "n": i}),
+        )
+        .on("vm1");
         store.append_audit(&e, 1000 + i).unwrap();
     }
     (dir, store, keys)
@@ -45,9 +52,15 @@ fn a_rewritten_chain_fails_at_the_link_or_the_signed_head() {
         r.seq = i as u64 + 1;
         r.hash = audit_hash(r.seq, r.at_ms, &r.kind, &r.actor, r.target.as_deref(), &r.details, &r.prev_hash);
     }
-    assert!(matches!(verify(&removed, head.as_ref(), keys.signing_public()), Err(ChainBroken::Unlinked { seq: 3, .. })));
+    assert!(matches!(
+        verify(&removed, head.as_ref(), keys.signing_public()),
+        Err(ChainBroken::Unlinked { seq: 3, .. })
+    ));
     // Drop the last record: only the signed head notices.
-    assert_eq!(verify(&records[..4], head.as_ref(), keys.signing_public()), Err(ChainBroken::HeadMismatch { signed_seq: 5, last: 4 }));
+    assert_eq!(
+        verify(&records[..4], head.as_ref(), keys.signing_public()),
+        Err(ChainBroken::HeadMismatch { signed_seq: 5, last: 4 })
+    );
     // A head signed by someone else.
     let other = KeyMaterial::load_or_generate(&_d.path().join("other")).unwrap();
     assert!(matches!(verify(&records, head.as_ref(), other.signing_public()), Err(ChainBroken::HeadSignature(_))));
@@ -59,6 +72,12 @@ fn queries_filter_by_user_target_kind_and_time() {
     let records = store.audit_records(1, 100).unwrap();
     let q = AuditQuery { user: Some("user1".into()), ..Default::default() };
     assert_eq!(records.iter().filter(|r| q.matches(r)).count(), 1);
-    let q = AuditQuery { user: Some("bob@example.test".into()), target: Some("vm1".into()), kind: Some("grant".into()), since_ms: Some(1002), until_ms: Some(1004) };
+    let q = AuditQuery {
+        user: Some("bob@example.test".into()),
+        target: Some("vm1".into()),
+        kind: Some("grant".into()),
+        since_ms: Some(1002),
+        until_ms: Some(1004),
+    };
     assert_eq!(records.iter().filter(|r| q.matches(r)).map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
 }

@@ -19,8 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 pub fn init_logging(serving: bool) {
     // Replay decodes recorded RDP with IronRDP, which warns about every update kind it skips: the summary counts them.
-    let default = if serving { "info,russh=warn" } else { "warn,ironrdp_session=error,ironrdp_pdu=error,ironrdp_graphics=error" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let default =
+        if serving { "info,russh=warn" } else { "warn,ironrdp_session=error,ironrdp_pdu=error,ironrdp_graphics=error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A closed stderr (a log pipe that went away) must not turn every log line into a panic.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -54,13 +56,23 @@ pub async fn serve(config_path: &Path) -> Result<()> {
     let config = load(config_path)?;
     let listen = config.ssh.listen;
     let gateway = Gateway::open(config, Arc::new(SystemClock)).await?;
-    let ssh = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (ssh.listen)"))?;
+    let ssh = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (ssh.listen)"))?;
     let api = match gateway.config.api.as_ref().map(|a| a.listen) {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (api.listen)"))?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (api.listen)"))?,
+        ),
         None => None,
     };
     let rdp = match gateway.config.rdp.as_ref().map(|r| r.listen) {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (rdp.listen)"))?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (rdp.listen)"))?,
+        ),
         None => None,
     };
     let shutdown = CancellationToken::new();
@@ -134,7 +146,10 @@ pub fn ssh_config(config_path: &Path, args: SshConfigArgs) -> Result<()> {
     }
     out.push_str("    # Sign-in instructions appear at LogLevel INFO (the default); ERROR and QUIET hide them.\n    LogLevel INFO\n    ServerAliveInterval 30\n");
     if !args.no_control_master {
-        out.push_str(&format!("    ControlMaster auto\n    ControlPath {}\n    ControlPersist 10m\n", args.control_path));
+        out.push_str(&format!(
+            "    ControlMaster auto\n    ControlPath {}\n    ControlPersist 10m\n",
+            args.control_path
+        ));
     }
     if !targets.is_empty() {
         out.push_str(&format!(
@@ -163,7 +178,9 @@ pub fn ca(config_path: &Path, command: CaCommand) -> Result<()> {
     let config = load(config_path)?;
     let keys = KeyMaterial::load_or_generate(&config.gateway.certs_dir)?;
     match command {
-        CaCommand::KnownHosts => print!("{}", keys.known_hosts_lines(&config.gateway.name, config.targets.keys().map(String::as_str))),
+        CaCommand::KnownHosts => {
+            print!("{}", keys.known_hosts_lines(&config.gateway.name, config.targets.keys().map(String::as_str)))
+        }
         CaCommand::VmTrust => print!(
             "# On each target VM, as root:\n\
              # 1. Save the gateway's target CA public key:\n\
@@ -264,11 +281,24 @@ fn grant_rows(grants: &[GrantView], now: i64) -> Vec<Vec<String>> {
         .map(|v| {
             let g = &v.grant;
             let when = match v.status {
-                jit_gateway::store::GrantStatus::Live => format!("ends in {}", format_duration_ms(g.expires_at_ms - now)),
-                jit_gateway::store::GrantStatus::Scheduled => format!("starts in {}", format_duration_ms(g.not_before_ms - now)),
+                jit_gateway::store::GrantStatus::Live => {
+                    format!("ends in {}", format_duration_ms(g.expires_at_ms - now))
+                }
+                jit_gateway::store::GrantStatus::Scheduled => {
+                    format!("starts in {}", format_duration_ms(g.not_before_ms - now))
+                }
                 _ => format!("ended {}", format_ms(g.end_ms())),
             };
-            vec![g.id.clone(), v.status.to_string(), g.user.clone(), g.target.clone(), g.protocol.to_string(), g.logins.join(","), when, g.reason.clone()]
+            vec![
+                g.id.clone(),
+                v.status.to_string(),
+                g.user.clone(),
+                g.target.clone(),
+                g.protocol.to_string(),
+                g.logins.join(","),
+                when,
+                g.reason.clone(),
+            ]
         })
         .collect()
 }
@@ -277,7 +307,18 @@ pub async fn grant(config_path: &Path, command: GrantCommand) -> Result<()> {
     let now = jit_gateway::clock::Clock::now_ms(&SystemClock);
     let headers = ["ID", "STATUS", "USER", "TARGET", "PROTO", "LOGINS", "WHEN", "REASON"];
     match command {
-        GrantCommand::Add { user, target, logins, duration, starts_in, protocol, port_forwarding, rdp_redirect, reason, json } => {
+        GrantCommand::Add {
+            user,
+            target,
+            logins,
+            duration,
+            starts_in,
+            protocol,
+            port_forwarding,
+            rdp_redirect,
+            reason,
+            json,
+        } => {
             let request = Request::GrantAdd {
                 user,
                 target,
@@ -294,7 +335,15 @@ pub async fn grant(config_path: &Path, command: GrantCommand) -> Result<()> {
                 return print_json(&data);
             }
             let view: GrantView = serde_json::from_value(data)?;
-            println!("granted {} ({}): {} may reach {} as {} until {}", view.grant.id, view.status, view.grant.user, view.grant.target, view.grant.logins.join(", "), format_ms(view.grant.expires_at_ms));
+            println!(
+                "granted {} ({}): {} may reach {} as {} until {}",
+                view.grant.id,
+                view.status,
+                view.grant.user,
+                view.grant.target,
+                view.grant.logins.join(", "),
+                format_ms(view.grant.expires_at_ms)
+            );
         }
         GrantCommand::List { user, target, all, json } => {
             let data = call(config_path, Request::GrantList { user, target, all }).await?;
@@ -314,7 +363,10 @@ pub async fn grant(config_path: &Path, command: GrantCommand) -> Result<()> {
                 return print_json(&data);
             }
             let view: GrantView = serde_json::from_value(data)?;
-            println!("revoked {}: live sessions of {} on {} are being ended", view.grant.id, view.grant.user, view.grant.target);
+            println!(
+                "revoked {}: live sessions of {} on {} are being ended",
+                view.grant.id, view.grant.user, view.grant.target
+            );
         }
     }
     Ok(())
@@ -346,8 +398,22 @@ pub async fn key(config_path: &Path, command: KeyCommand) -> Result<()> {
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
     match command {
         KeyCommand::Bind { user, login_name, public_key, duration } => {
-            let data = call(config_path, Request::KeyBind { user, login_name, public_key: read(&public_key)?, duration_secs: duration.as_secs() }).await?;
-            println!("bound {} to {} until {}", data["fingerprint"].as_str().unwrap_or("?"), data["user"].as_str().unwrap_or("?"), format_ms(data["expires_ms"].as_i64().unwrap_or(0)));
+            let data = call(
+                config_path,
+                Request::KeyBind {
+                    user,
+                    login_name,
+                    public_key: read(&public_key)?,
+                    duration_secs: duration.as_secs(),
+                },
+            )
+            .await?;
+            println!(
+                "bound {} to {} until {}",
+                data["fingerprint"].as_str().unwrap_or("?"),
+                data["user"].as_str().unwrap_or("?"),
+                format_ms(data["expires_ms"].as_i64().unwrap_or(0))
+            );
         }
         KeyCommand::Unbind { public_key } => {
             let data = call(config_path, Request::KeyUnbind { public_key: read(&public_key)? }).await?;
@@ -391,7 +457,11 @@ pub async fn sessions(config_path: &Path, args: SessionsArgs) -> Result<()> {
         println!("ending session {id}");
         return Ok(());
     }
-    let data = if via_api { crate::cli_api::sessions(args.all_users).await? } else { call(config_path, Request::Sessions).await? };
+    let data = if via_api {
+        crate::cli_api::sessions(args.all_users).await?
+    } else {
+        call(config_path, Request::Sessions).await?
+    };
     if args.json {
         return print_json(&data);
     }
@@ -404,7 +474,15 @@ pub async fn sessions(config_path: &Path, args: SessionsArgs) -> Result<()> {
     let rows = live
         .iter()
         .map(|s| {
-            vec![s.id.clone(), s.user.clone(), s.target.clone(), s.login.clone(), s.grant_id.clone(), s.client_ip.clone().unwrap_or_default(), format_duration_ms(now - s.started_ms)]
+            vec![
+                s.id.clone(),
+                s.user.clone(),
+                s.target.clone(),
+                s.login.clone(),
+                s.grant_id.clone(),
+                s.client_ip.clone().unwrap_or_default(),
+                format_duration_ms(now - s.started_ms),
+            ]
         })
         .collect();
     table(&["SESSION", "USER", "TARGET", "LOGIN", "GRANT", "FROM", "FOR"], rows);
@@ -443,7 +521,17 @@ pub async fn recordings(config_path: &Path, args: RecordingsArgs) -> Result<()> 
         .map(|r| {
             let duration = r.ended_ms.map(|e| format_duration_ms(e - r.started_ms)).unwrap_or_else(|| "live".into());
             let what = r.command.clone().or_else(|| r.note.clone()).unwrap_or_default();
-            vec![r.id.clone(), r.kind.to_string(), r.user.clone(), r.target.clone(), r.login.clone(), format_ms(r.started_ms), duration, size_text(r.size), what.chars().take(60).collect()]
+            vec![
+                r.id.clone(),
+                r.kind.to_string(),
+                r.user.clone(),
+                r.target.clone(),
+                r.login.clone(),
+                format_ms(r.started_ms),
+                duration,
+                size_text(r.size),
+                what.chars().take(60).collect(),
+            ]
         })
         .collect();
     table(&["RECORDING", "KIND", "USER", "TARGET", "LOGIN", "STARTED", "DURATION", "SIZE", "COMMAND"], rows);
@@ -508,9 +596,17 @@ fn replay_rdp(path: &Path, args: &ReplayArgs) -> Result<()> {
             scratch.clone()
         }
         (None, None) => {
-            let parsed = jit_gateway::recording::rdp_format::read(&data).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let parsed =
+                jit_gateway::recording::rdp_format::read(&data).map_err(|e| anyhow!("{}: {e}", path.display()))?;
             let h = &parsed.header;
-            println!("RDP session {} of {} on {} as {}, started {}", h.session, h.user, h.target, h.login, format_ms(h.started_ms));
+            println!(
+                "RDP session {} of {} on {} as {}, started {}",
+                h.session,
+                h.user,
+                h.target,
+                h.login,
+                format_ms(h.started_ms)
+            );
             for r in parsed.records.iter().filter(|r| r.kind == jit_gateway::recording::rdp_format::EVENT) {
                 println!("  +{:.3}s {}", r.at_us as f64 / 1e6, String::from_utf8_lossy(r.data));
             }
@@ -518,7 +614,8 @@ fn replay_rdp(path: &Path, args: &ReplayArgs) -> Result<()> {
             return Ok(());
         }
     };
-    let summary = jit_gateway::rdp::replay::render_frames(&data, &dir, args.every).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let summary = jit_gateway::rdp::replay::render_frames(&data, &dir, args.every)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     println!(
         "{} frames ({}x{}) in {}: {} graphics updates decoded from {} PDUs ({} skipped), {:.1}s of session",
         summary.frames_written,
@@ -531,7 +628,10 @@ fn replay_rdp(path: &Path, args: &ReplayArgs) -> Result<()> {
         summary.duration_ms as f64 / 1000.0
     );
     if summary.unverified_tail > 0 {
-        println!("warning: {} bytes at the end are past the last hash-chain link and were not rendered", summary.unverified_tail);
+        println!(
+            "warning: {} bytes at the end are past the last hash-chain link and were not rendered",
+            summary.unverified_tail
+        );
     }
     if let Some(video) = &args.video {
         jit_gateway::rdp::replay::frames_to_video(&dir, args.every, video).map_err(|e| anyhow!(e))?;
@@ -560,8 +660,10 @@ pub fn verify(config_path: &Path, args: VerifyArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => load(config_path)?.gateway.certs_dir.join("signing_ed25519_key.pub"),
     };
-    let text = std::fs::read_to_string(&signer_file).with_context(|| format!("cannot read the signing key {}", signer_file.display()))?;
-    let signer = russh::keys::PublicKey::from_openssh(text.trim()).map_err(|e| anyhow!("{}: {e}", signer_file.display()))?;
+    let text = std::fs::read_to_string(&signer_file)
+        .with_context(|| format!("cannot read the signing key {}", signer_file.display()))?;
+    let signer =
+        russh::keys::PublicKey::from_openssh(text.trim()).map_err(|e| anyhow!("{}: {e}", signer_file.display()))?;
     let path = replay::resolve(&args.recording, recordings_dir(config_path).as_deref())?;
     let manifest = jit_gateway::recording::seal::verify(&path, &signer)?;
     if path.extension().is_some_and(|e| e == "rdprec") {
@@ -623,20 +725,42 @@ pub async fn azure(config_path: &Path, command: AzureCommand) -> Result<()> {
             }
         }
         if nsgs.is_empty() {
-            warnings.push(format!("{name}: neither its NIC nor its subnet has an NSG: nothing restricts port {}", target.ssh_port));
+            warnings.push(format!(
+                "{name}: neither its NIC nor its subnet has an NSG: nothing restricts port {}",
+                target.ssh_port
+            ));
         }
         report.push(serde_json::json!({"target": name, "vm": net.vm_id, "location": net.location, "private_ip": net.private_ip, "port": target.ssh_port, "nsgs": nsgs}));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"opener": az.opener, "gateway_ip": az.gateway_ip, "targets": report, "warnings": warnings, "problems": problems}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"opener": az.opener, "gateway_ip": az.gateway_ip, "targets": report, "warnings": warnings, "problems": problems})
+            )?
+        );
         return Ok(());
     }
     println!("opener {:?}, gateway address {}", az.opener, az.gateway_ip);
     for t in &report {
-        println!("\n{}  {}:{}  {}", t["target"].as_str().unwrap_or("?"), t["private_ip"].as_str().unwrap_or("?"), t["port"], t["vm"].as_str().unwrap_or("?"));
+        println!(
+            "\n{}  {}:{}  {}",
+            t["target"].as_str().unwrap_or("?"),
+            t["private_ip"].as_str().unwrap_or("?"),
+            t["port"],
+            t["vm"].as_str().unwrap_or("?")
+        );
         for n in t["nsgs"].as_array().into_iter().flatten() {
-            let deny = n["deny_below"].as_str().map(|d| format!("deny underneath: {d}")).unwrap_or_else(|| "NO deny rule underneath".into());
-            println!("  {:<7} {}  {}", n["role"].as_str().unwrap_or(""), n["nsg"].as_str().unwrap_or(""), n["error"].as_str().unwrap_or(&deny));
+            let deny = n["deny_below"]
+                .as_str()
+                .map(|d| format!("deny underneath: {d}"))
+                .unwrap_or_else(|| "NO deny rule underneath".into());
+            println!(
+                "  {:<7} {}  {}",
+                n["role"].as_str().unwrap_or(""),
+                n["nsg"].as_str().unwrap_or(""),
+                n["error"].as_str().unwrap_or(&deny)
+            );
         }
     }
     for w in warnings.iter().chain(problems.iter()) {

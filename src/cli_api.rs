@@ -61,8 +61,10 @@ fn save(saved: &Saved) -> Result<()> {
 
 fn load() -> Result<Saved> {
     let path = session_file();
-    let text = std::fs::read_to_string(&path).map_err(|_| anyhow!("not signed in: run `jit-gateway login --gateway https://<gateway>:8443`"))?;
-    let saved: Saved = serde_json::from_str(&text).with_context(|| format!("{} is damaged; run `jit-gateway login` again", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| anyhow!("not signed in: run `jit-gateway login --gateway https://<gateway>:8443`"))?;
+    let saved: Saved = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged; run `jit-gateway login` again", path.display()))?;
     if saved.expires_ms <= SystemClock.now_ms() {
         bail!("your session at {} has expired: run `jit-gateway login --gateway {}`", saved.gateway, saved.gateway);
     }
@@ -82,10 +84,16 @@ struct Api {
 
 impl Api {
     fn new(gateway: &str, ca_file: Option<&Path>, token: Option<String>) -> Result<Api> {
-        let mut builder = reqwest::Client::builder().https_only(true).redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(60));
+        let mut builder = reqwest::Client::builder()
+            .https_only(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60));
         if let Some(ca) = ca_file {
             let pem = std::fs::read(ca).with_context(|| format!("cannot read --ca-file {}", ca.display()))?;
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).with_context(|| format!("{} is not a PEM certificate", ca.display()))?);
+            builder = builder.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+            );
         }
         let base = gateway.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
@@ -173,12 +181,16 @@ async fn device_login(api: &Api) -> Result<Value> {
     let code = started["user_code"].as_str().unwrap_or_default();
     match started["verification_uri_complete"].as_str() {
         Some(url) => eprintln!("To sign in, open:\n\n    {url}\n\nand check that it shows the code {code}."),
-        None => eprintln!("To sign in, open:\n\n    {}\n\nand enter the code {code}.", started["verification_uri"].as_str().unwrap_or_default()),
+        None => eprintln!(
+            "To sign in, open:\n\n    {}\n\nand enter the code {code}.",
+            started["verification_uri"].as_str().unwrap_or_default()
+        ),
     }
     eprintln!("Waiting for approval...");
     let login_id = started["login_id"].as_str().unwrap_or_default().to_string();
     loop {
-        let (status, value) = api.send(reqwest::Method::POST, "/login/device/wait", Some(json!({"login_id": login_id}))).await?;
+        let (status, value) =
+            api.send(reqwest::Method::POST, "/login/device/wait", Some(json!({"login_id": login_id}))).await?;
         match status {
             200 => return Ok(value),
             202 => continue,
@@ -188,18 +200,30 @@ async fn device_login(api: &Api) -> Result<Value> {
 }
 
 async fn browser_login(api: &Api, no_open: bool) -> Result<Value> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen on a loopback port for the browser's answer")?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("cannot listen on a loopback port for the browser's answer")?;
     let redirect = format!("http://127.0.0.1:{}/callback", listener.local_addr()?.port());
     let started = api.call(reqwest::Method::POST, "/login/code", Some(json!({"redirect_uri": redirect}))).await?;
     let url = started["authorize_url"].as_str().unwrap_or_default().to_string();
-    let opened = !no_open && std::process::Command::new("xdg-open").arg(&url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    let opened = !no_open
+        && std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
     if !opened {
         eprintln!("Open this URL in a browser to sign in:\n\n    {url}\n");
     }
     eprintln!("Waiting for the browser...");
     let (code, state) = tokio::task::spawn_blocking(move || receive_callback(listener)).await??;
     let login_id = started["login_id"].as_str().unwrap_or_default();
-    api.call(reqwest::Method::POST, "/login/code/finish", Some(json!({"login_id": login_id, "code": code, "state": state}))).await
+    api.call(
+        reqwest::Method::POST,
+        "/login/code/finish",
+        Some(json!({"login_id": login_id, "code": code, "state": state})),
+    )
+    .await
 }
 
 /// Takes the browser's redirect on the loopback listener: `GET /callback?code=...&state=...`.
@@ -217,12 +241,20 @@ fn receive_callback(listener: std::net::TcpListener) -> Result<(String, String)>
         }
         let get = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
         let (body, result) = match (get("code"), get("state"), get("error")) {
-            (Some(code), Some(state), _) => ("Signed in. You can close this tab and return to the terminal.", Ok((code, state))),
-            (_, _, Some(error)) => ("Sign-in failed. Return to the terminal.", Err(anyhow!("the identity provider answered: {error}"))),
+            (Some(code), Some(state), _) => {
+                ("Signed in. You can close this tab and return to the terminal.", Ok((code, state)))
+            }
+            (_, _, Some(error)) => {
+                ("Sign-in failed. Return to the terminal.", Err(anyhow!("the identity provider answered: {error}")))
+            }
             _ => ("Unexpected answer. Return to the terminal.", Err(anyhow!("the browser's answer had no code"))),
         };
         let page = format!("<!doctype html><title>jit-gateway</title><p>{body}</p>");
-        let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len());
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        );
         return result;
     }
 }
@@ -241,8 +273,14 @@ pub async fn whoami(json_out: bool) -> Result<()> {
     if json_out {
         return print_json(&me);
     }
-    let roles: Vec<&str> = me["roles"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-    println!("{} (roles: {}; session until {})", me["user"].as_str().unwrap_or("?"), if roles.is_empty() { "none".into() } else { roles.join(", ") }, format_ms(me["session_expires_ms"].as_i64().unwrap_or(0)));
+    let roles: Vec<&str> =
+        me["roles"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    println!(
+        "{} (roles: {}; session until {})",
+        me["user"].as_str().unwrap_or("?"),
+        if roles.is_empty() { "none".into() } else { roles.join(", ") },
+        format_ms(me["session_expires_ms"].as_i64().unwrap_or(0))
+    );
     Ok(())
 }
 
@@ -274,8 +312,10 @@ pub struct RequestArgs {
 
 fn request_row(r: &Value, now: i64) -> Vec<String> {
     let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-    let logins: Vec<&str> = r["logins"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-    let approvals = format!("{}/{}", r["approvals"].as_array().map_or(0, |a| a.len()), r["approvals_needed"].as_u64().unwrap_or(0));
+    let logins: Vec<&str> =
+        r["logins"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let approvals =
+        format!("{}/{}", r["approvals"].as_array().map_or(0, |a| a.len()), r["approvals_needed"].as_u64().unwrap_or(0));
     let age = format!("{} ago", format_duration_ms(now - r["created_ms"].as_i64().unwrap_or(now)));
     vec![
         s("id"),
@@ -290,7 +330,8 @@ fn request_row(r: &Value, now: i64) -> Vec<String> {
     ]
 }
 
-const REQUEST_HEADERS: [&str; 9] = ["ID", "STATE", "REQUESTER", "TARGET", "LOGINS", "FOR", "APPROVALS", "FILED", "REASON"];
+const REQUEST_HEADERS: [&str; 9] =
+    ["ID", "STATE", "REQUESTER", "TARGET", "LOGINS", "FOR", "APPROVALS", "FILED", "REASON"];
 
 pub async fn request(args: RequestArgs) -> Result<()> {
     let starts_at = match (&args.starts_at, args.starts_in) {
@@ -315,9 +356,17 @@ pub async fn request(args: RequestArgs) -> Result<()> {
             format_ms(created["grant"]["expires_at_ms"].as_i64().unwrap_or(0))
         ),
         None => {
-            let roles: Vec<&str> = r["approver_roles"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-            let people: Vec<&str> = r["approvers"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-            println!("{id}: pending. It needs {} approval(s) from the role {}.", r["approvals_needed"], roles.join(" or "));
+            let roles: Vec<&str> = r["approver_roles"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            let people: Vec<&str> =
+                r["approvers"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+            println!(
+                "{id}: pending. It needs {} approval(s) from the role {}.",
+                r["approvals_needed"],
+                roles.join(" or ")
+            );
             if people.is_empty() {
                 println!("Nobody with that role has signed in to the gateway yet.");
             } else {
@@ -363,7 +412,8 @@ pub async fn requests(args: RequestsArgs) -> Result<()> {
             everything.insert(scope.to_string(), list);
             continue;
         }
-        let rows: Vec<Vec<String>> = list.as_array().map(|a| a.iter().map(|r| request_row(r, now)).collect()).unwrap_or_default();
+        let rows: Vec<Vec<String>> =
+            list.as_array().map(|a| a.iter().map(|r| request_row(r, now)).collect()).unwrap_or_default();
         println!("{title}:");
         if rows.is_empty() {
             println!("  (none)");
@@ -385,7 +435,9 @@ pub async fn decide(action: &str, id: &str, text: &str, json_out: bool) -> Resul
         _ => json!({}),
     };
     let method = reqwest::Method::POST;
-    let result = Api::signed_in()?.call(method, &format!("/requests/{id}/{action}"), if action == "cancel" { None } else { Some(body) }).await?;
+    let result = Api::signed_in()?
+        .call(method, &format!("/requests/{id}/{action}"), if action == "cancel" { None } else { Some(body) })
+        .await?;
     if json_out {
         return print_json(&result);
     }
@@ -399,7 +451,10 @@ pub async fn decide(action: &str, id: &str, text: &str, json_out: bool) -> Resul
             ),
             None => {
                 let r = &result["request"];
-                let missing = r["approvals_needed"].as_u64().unwrap_or(0).saturating_sub(r["approvals"].as_array().map_or(0, |a| a.len() as u64));
+                let missing = r["approvals_needed"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(r["approvals"].as_array().map_or(0, |a| a.len() as u64));
                 println!("approval recorded for {id}; it needs {missing} more from someone else");
             }
         },
@@ -413,7 +468,9 @@ pub async fn decide(action: &str, id: &str, text: &str, json_out: bool) -> Resul
 
 pub async fn grants(all_users: bool, include_ended: bool, json_out: bool) -> Result<()> {
     let scope = if all_users { "all" } else { "mine" };
-    let list = Api::signed_in()?.call(reqwest::Method::GET, &format!("/grants?scope={scope}&all={include_ended}"), None).await?;
+    let list = Api::signed_in()?
+        .call(reqwest::Method::GET, &format!("/grants?scope={scope}&all={include_ended}"), None)
+        .await?;
     if json_out {
         return print_json(&list);
     }
@@ -426,12 +483,32 @@ pub async fn grants(all_users: bool, include_ended: bool, json_out: bool) -> Res
                     let s = |k: &str| g[k].as_str().unwrap_or("").to_string();
                     let status = s("status");
                     let when = match status.as_str() {
-                        "live" => format!("ends in {}", format_duration_ms(g["expires_at_ms"].as_i64().unwrap_or(0) - now)),
-                        "scheduled" => format!("starts in {}", format_duration_ms(g["not_before_ms"].as_i64().unwrap_or(0) - now)),
-                        _ => format!("ended {}", format_ms(g["revocation"]["at_ms"].as_i64().unwrap_or(g["expires_at_ms"].as_i64().unwrap_or(0)))),
+                        "live" => {
+                            format!("ends in {}", format_duration_ms(g["expires_at_ms"].as_i64().unwrap_or(0) - now))
+                        }
+                        "scheduled" => {
+                            format!("starts in {}", format_duration_ms(g["not_before_ms"].as_i64().unwrap_or(0) - now))
+                        }
+                        _ => format!(
+                            "ended {}",
+                            format_ms(
+                                g["revocation"]["at_ms"].as_i64().unwrap_or(g["expires_at_ms"].as_i64().unwrap_or(0))
+                            )
+                        ),
                     };
-                    let logins: Vec<&str> = g["logins"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
-                    vec![s("id"), status, s("user"), s("target"), logins.join(","), when, s("reason").chars().take(40).collect()]
+                    let logins: Vec<&str> = g["logins"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                        .unwrap_or_default();
+                    vec![
+                        s("id"),
+                        status,
+                        s("user"),
+                        s("target"),
+                        logins.join(","),
+                        when,
+                        s("reason").chars().take(40).collect(),
+                    ]
                 })
                 .collect()
         })
@@ -445,11 +522,17 @@ pub async fn grants(all_users: bool, include_ended: bool, json_out: bool) -> Res
 }
 
 pub async fn revoke(id: &str, reason: &str, json_out: bool) -> Result<()> {
-    let g = Api::signed_in()?.call(reqwest::Method::POST, &format!("/grants/{id}/revoke"), Some(json!({"reason": reason}))).await?;
+    let g = Api::signed_in()?
+        .call(reqwest::Method::POST, &format!("/grants/{id}/revoke"), Some(json!({"reason": reason})))
+        .await?;
     if json_out {
         return print_json(&g);
     }
-    println!("revoked {id}: sessions of {} on {} are being ended", g["user"].as_str().unwrap_or("?"), g["target"].as_str().unwrap_or("?"));
+    println!(
+        "revoked {id}: sessions of {} on {} are being ended",
+        g["user"].as_str().unwrap_or("?"),
+        g["target"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 
@@ -459,7 +542,9 @@ pub async fn sessions(all_users: bool) -> Result<Value> {
 }
 
 pub async fn kill(id: &str, reason: &str) -> Result<()> {
-    Api::signed_in()?.call(reqwest::Method::POST, &format!("/sessions/{id}/kill"), Some(json!({"reason": reason}))).await?;
+    Api::signed_in()?
+        .call(reqwest::Method::POST, &format!("/sessions/{id}/kill"), Some(json!({"reason": reason})))
+        .await?;
     println!("ending session {id}");
     Ok(())
 }
@@ -504,7 +589,13 @@ pub async fn audit(config_path: &Path, args: AuditArgs) -> Result<()> {
         return audit_verify(config_path, db).await;
     }
     let mut query = vec![format!("limit={}", args.limit)];
-    for (k, v) in [("user", &args.user), ("target", &args.target), ("kind", &args.kind), ("since", &args.since), ("until", &args.until)] {
+    for (k, v) in [
+        ("user", &args.user),
+        ("target", &args.target),
+        ("kind", &args.kind),
+        ("since", &args.since),
+        ("until", &args.until),
+    ] {
         if let Some(v) = v {
             query.push(format!("{k}={}", url_encode(v)));
         }
@@ -537,7 +628,13 @@ pub async fn audit(config_path: &Path, args: AuditArgs) -> Result<()> {
 
 fn url_encode(text: &str) -> String {
     text.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -549,8 +646,9 @@ async fn audit_verify(config_path: &Path, db: Option<PathBuf>) -> Result<()> {
             let path = db.unwrap_or_else(|| config.gateway.state_dir.join("gateway.redb"));
             let signer_file = config.gateway.certs_dir.join("signing_ed25519_key.pub");
             let signer = russh::keys::PublicKey::from_openssh(std::fs::read_to_string(&signer_file)?.trim())?;
-            let store = jit_gateway::store::RedbStore::open(&path)
-                .map_err(|e| anyhow!("{e} (if the gateway is running, sign in and run `jit-gateway audit verify` without --db)"))?;
+            let store = jit_gateway::store::RedbStore::open(&path).map_err(|e| {
+                anyhow!("{e} (if the gateway is running, sign in and run `jit-gateway audit verify` without --db)")
+            })?;
             use jit_gateway::store::Store;
             let records = store.audit_records(1, usize::MAX)?;
             let head = store.audit_head()?;
@@ -561,7 +659,11 @@ async fn audit_verify(config_path: &Path, db: Option<PathBuf>) -> Result<()> {
         }
     };
     if report["ok"].as_bool() == Some(true) {
-        println!("OK: {} audit records, chain intact, head {} signed by the gateway", report["records"], report["head_hash"].as_str().unwrap_or("?"));
+        println!(
+            "OK: {} audit records, chain intact, head {} signed by the gateway",
+            report["records"],
+            report["head_hash"].as_str().unwrap_or("?")
+        );
         Ok(())
     } else {
         bail!("the audit log does not verify: {}", report["broken"].as_str().unwrap_or("unknown problem"))
@@ -595,11 +697,19 @@ pub async fn rdp(args: RdpArgs) -> Result<()> {
     let path = args.out.unwrap_or_else(|| PathBuf::from(format!("{}.rdp", ticket.target)));
     write_private(&path, ticket.rdp_file.as_bytes())?;
     if args.json {
-        return print_json(&json!({"file": path, "target": ticket.target, "login": ticket.login, "grant": ticket.grant,
-                                   "expires": jit_gateway::clock::format_ms(ticket.expires_ms), "address": ticket.address}));
+        return print_json(
+            &json!({"file": path, "target": ticket.target, "login": ticket.login, "grant": ticket.grant,
+                                   "expires": jit_gateway::clock::format_ms(ticket.expires_ms), "address": ticket.address}),
+        );
     }
-    println!("wrote {} for {} as {} (grant {}); use it before {} (single use)", path.display(), ticket.target, ticket.login, ticket.grant,
-             jit_gateway::clock::format_ms(ticket.expires_ms));
+    println!(
+        "wrote {} for {} as {} (grant {}); use it before {} (single use)",
+        path.display(),
+        ticket.target,
+        ticket.login,
+        ticket.grant,
+        jit_gateway::clock::format_ms(ticket.expires_ms)
+    );
     println!("open it with mstsc or Remmina, or run:");
     let cert = match &ticket.certificate_sha256 {
         Some(hex) => format!("/cert:fingerprint:sha256:{hex}"),
@@ -613,7 +723,12 @@ fn write_private(path: &std::path::Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(data)?;
     Ok(())
 }

@@ -322,7 +322,9 @@ impl RdpCredential {
             return Ok(crate::secret::Secret::new(text.trim_end_matches(['\r', '\n']).to_string()));
         }
         if let Some(var) = &self.password_env {
-            return std::env::var(var).map(crate::secret::Secret::new).map_err(|_| format!("environment variable {var} is not set"));
+            return std::env::var(var)
+                .map(crate::secret::Secret::new)
+                .map_err(|_| format!("environment variable {var} is not set"));
         }
         Err("no password_file or password_env".into())
     }
@@ -429,8 +431,8 @@ impl Config {
     /// Reads, parses and validates a configuration file. Relative paths in it
     /// are taken relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_toml(&text, base).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
@@ -439,8 +441,8 @@ impl Config {
     }
 
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)
@@ -512,7 +514,12 @@ impl Config {
         }
         for (i, name) in self.ssh.ciphers.iter().enumerate() {
             if russh::cipher::Name::try_from(name.as_str()).is_err() || name == "none" || name == "clear" {
-                return Err(invalid(format!("ssh.ciphers[{i}]"), format!("`{name}` is not a supported cipher (aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com, aes256-ctr, aes192-ctr, aes128-ctr)")));
+                return Err(invalid(
+                    format!("ssh.ciphers[{i}]"),
+                    format!(
+                        "`{name}` is not a supported cipher (aes128-gcm@openssh.com, aes256-gcm@openssh.com, chacha20-poly1305@openssh.com, aes256-ctr, aes192-ctr, aes128-ctr)"
+                    ),
+                ));
             }
         }
         for (i, name) in self.ssh.allowed_env.iter().enumerate() {
@@ -540,8 +547,13 @@ impl Config {
                 return Err(invalid(key("address"), "give the target's address (or its azure_vm resource ID)"));
             }
             if let Some(id) = &target.azure_vm {
-                if crate::azure::parse_id(id).is_none() || !id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/") {
-                    return Err(invalid(key("azure_vm"), "must be a VM resource ID: /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>"));
+                if crate::azure::parse_id(id).is_none()
+                    || !id.to_ascii_lowercase().contains("/providers/microsoft.compute/virtualmachines/")
+                {
+                    return Err(invalid(
+                        key("azure_vm"),
+                        "must be a VM resource ID: /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>",
+                    ));
                 }
                 if self.azure.is_none() {
                     return Err(invalid(key("azure_vm"), "needs an [azure] section"));
@@ -601,8 +613,7 @@ impl Config {
 
     fn validate_oidc(&self) -> Result<(), ConfigError> {
         let oidc = &self.oidc;
-        let url = reqwest::Url::parse(&oidc.issuer)
-            .map_err(|e| invalid("oidc.issuer", format!("not a URL: {e}")))?;
+        let url = reqwest::Url::parse(&oidc.issuer).map_err(|e| invalid("oidc.issuer", format!("not a URL: {e}")))?;
         match url.scheme() {
             "https" => {}
             "http" => {
@@ -625,7 +636,10 @@ impl Config {
             return Err(invalid("oidc.client_id", "must not be empty"));
         }
         if oidc.client_secret_file.is_some() && oidc.client_secret_env.is_some() {
-            return Err(invalid("oidc.client_secret_file", "give either client_secret_file or client_secret_env, not both"));
+            return Err(invalid(
+                "oidc.client_secret_file",
+                "give either client_secret_file or client_secret_env, not both",
+            ));
         }
         if !oidc.scopes.iter().any(|s| s == "openid") {
             return Err(invalid("oidc.scopes", "must include `openid`"));
@@ -644,7 +658,9 @@ impl Config {
     /// Where RDP clients reach the gateway (`host:port` for `.rdp` files).
     pub fn public_rdp_address(&self) -> Option<String> {
         let rdp = self.rdp.as_ref()?;
-        Some(rdp.public_address.clone().unwrap_or_else(|| format!("{}:{}", self.gateway.public_host, rdp.listen.port())))
+        Some(
+            rdp.public_address.clone().unwrap_or_else(|| format!("{}:{}", self.gateway.public_host, rdp.listen.port())),
+        )
     }
 }
 

@@ -48,18 +48,27 @@ async fn port_openings(
     use crate::azure::{Arm, DefenderJit, NsgRules, OpenerKind};
     use crate::ports::{NoneOpener, Openings, PortOpener};
     let Some(az) = &config.azure else {
-        return Ok((Openings::new(Arc::new(NoneOpener), Arc::clone(store), Arc::clone(clock), std::time::Duration::ZERO), None));
+        return Ok((
+            Openings::new(Arc::new(NoneOpener), Arc::clone(store), Arc::clone(clock), std::time::Duration::ZERO),
+            None,
+        ));
     };
     let arm = Arc::new(Arm::new(az).map_err(|e| StartError::Azure(e.to_string()))?);
     let gateway_ip = if az.gateway_ip == "imds" {
-        crate::azure::imds_private_ip().await.map_err(|e| StartError::Azure(format!("azure.gateway_ip = \"imds\": {e}")))?
+        crate::azure::imds_private_ip()
+            .await
+            .map_err(|e| StartError::Azure(format!("azure.gateway_ip = \"imds\": {e}")))?
     } else {
         az.gateway_ip.clone()
     };
     let opener: Arc<dyn PortOpener> = match az.opener {
         OpenerKind::None => Arc::new(NoneOpener),
-        OpenerKind::AzureNsg => Arc::new(NsgRules::new(Arc::clone(&arm), Arc::clone(inventory), gateway_ip, az.priority_range)),
-        OpenerKind::AzureDefenderJit => Arc::new(DefenderJit::new(Arc::clone(&arm), Arc::clone(inventory), gateway_ip, az.jit_policy.clone())),
+        OpenerKind::AzureNsg => {
+            Arc::new(NsgRules::new(Arc::clone(&arm), Arc::clone(inventory), gateway_ip, az.priority_range))
+        }
+        OpenerKind::AzureDefenderJit => {
+            Arc::new(DefenderJit::new(Arc::clone(&arm), Arc::clone(inventory), gateway_ip, az.jit_policy.clone()))
+        }
     };
     Ok((Openings::new(opener, Arc::clone(store), Arc::clone(clock), az.linger), Some(arm)))
 }
@@ -95,7 +104,9 @@ impl Gateway {
         std::fs::create_dir_all(state).map_err(state_err)?;
         std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
         let keys = Arc::new(KeyMaterial::load_or_generate(&config.gateway.certs_dir)?);
-        if config.api.as_ref().is_some_and(|a| a.tls_cert.is_none()) || config.rdp.as_ref().is_some_and(|r| r.tls_cert.is_none()) {
+        if config.api.as_ref().is_some_and(|a| a.tls_cert.is_none())
+            || config.rdp.as_ref().is_some_and(|r| r.tls_cert.is_none())
+        {
             // Before anything listens: clients may read certs/tls.crt as soon as the gateway is up.
             crate::api::default_identity(&config, &keys)?;
         }
@@ -112,10 +123,13 @@ impl Gateway {
         );
         let inventory = Arc::new(crate::azure::Inventory::new(config.targets.clone()));
         let (ports, arm) = port_openings(&config, &store, &clock, &inventory).await?;
-        let enforcer = GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions), Arc::clone(&ports));
+        let enforcer =
+            GrantEnforcer::new(Arc::clone(&store), Arc::clone(&clock), Arc::clone(&sessions), Arc::clone(&ports));
         let outer_ssh = Arc::new(crate::ssh::outer_config(&config, &keys));
         let rdp_tls = match &config.rdp {
-            Some(rdp) => Some(Arc::new(crate::rdp::tls::ClientSide::load(&config, rdp, &keys).map_err(StartError::Rdp)?)),
+            Some(rdp) => {
+                Some(Arc::new(crate::rdp::tls::ClientSide::load(&config, rdp, &keys).map_err(StartError::Rdp)?))
+            }
             None => None,
         };
         Ok(Arc::new(Gateway {
@@ -158,8 +172,10 @@ pub struct Listeners {
 /// Serves until `shutdown` is cancelled, then ends sessions (telling users),
 /// seals recordings and returns.
 pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
-    let admin = crate::admin::bind(&gateway.config.admin_socket())
-        .map_err(|e| StartError::Admin { path: gateway.config.admin_socket().display().to_string(), message: e.to_string() })?;
+    let admin = crate::admin::bind(&gateway.config.admin_socket()).map_err(|e| StartError::Admin {
+        path: gateway.config.admin_socket().display().to_string(),
+        message: e.to_string(),
+    })?;
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
     tasks.spawn(crate::memory::housekeeping(Arc::clone(&gateway.sessions), shutdown.clone()));

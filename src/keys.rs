@@ -102,7 +102,8 @@ impl KeyMaterial {
             let key = rcgen::KeyPair::generate().map_err(mint)?;
             let cert = params.self_signed(&key).map_err(mint)?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;
-            std::fs::write(&cert_path, cert.pem()).map_err(|source| KeyError::Io { path: cert_path.clone(), source })?;
+            std::fs::write(&cert_path, cert.pem())
+                .map_err(|source| KeyError::Io { path: cert_path.clone(), source })?;
             tracing::info!(path = %cert_path.display(), names = ?hosts, "generated a self-signed TLS certificate");
         }
         let cert = std::fs::read_to_string(&cert_path).map_err(|source| KeyError::Io { path: cert_path, source })?;
@@ -128,7 +129,11 @@ impl KeyMaterial {
 
     /// A host certificate for `target`, valid from a minute ago until `until`
     /// (capped at one day), presented on one inner connection.
-    pub fn mint_host_certificate(&self, target: &str, until: SystemTime) -> Result<(PrivateKey, Certificate), KeyError> {
+    pub fn mint_host_certificate(
+        &self,
+        target: &str,
+        until: SystemTime,
+    ) -> Result<(PrivateKey, Certificate), KeyError> {
         let now = SystemTime::now();
         let until = until.min(now + Duration::from_secs(86400)).max(now + Duration::from_secs(60));
         let mut builder = certificate_builder(self.inner_host_key.public_key(), now - Duration::from_secs(60), until)?;
@@ -142,7 +147,10 @@ impl KeyMaterial {
     }
 
     /// A fresh key pair and a user certificate for it, signed by the target CA.
-    pub fn mint_user_certificate(&self, req: &UserCertificateRequest<'_>) -> Result<(Arc<PrivateKey>, Certificate), KeyError> {
+    pub fn mint_user_certificate(
+        &self,
+        req: &UserCertificateRequest<'_>,
+    ) -> Result<(Arc<PrivateKey>, Certificate), KeyError> {
         let key = generate_ed25519("jit-gateway session key")?;
         let now = SystemTime::now();
         let mut builder = certificate_builder(key.public_key(), now - Duration::from_secs(60), now + req.ttl)?;
@@ -193,9 +201,7 @@ impl KeyMaterial {
 /// Verifies an armored SSHSIG over `data` made by `signer`.
 pub fn verify_signature(signer: &PublicKey, data: &[u8], armored: &str) -> Result<(), KeyError> {
     let sig = SshSig::from_pem(armored).map_err(|e| KeyError::Signature(e.to_string()))?;
-    signer
-        .verify(SIGNATURE_NAMESPACE, data, &sig)
-        .map_err(|e| KeyError::Signature(format!("does not verify: {e}")))
+    signer.verify(SIGNATURE_NAMESPACE, data, &sig).map_err(|e| KeyError::Signature(format!("does not verify: {e}")))
 }
 
 /// `ssh-ed25519 AAAA...` without the comment.
@@ -213,8 +219,8 @@ fn certificate_builder(key: &PublicKey, from: SystemTime, until: SystemTime) -> 
     let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut nonce = [0u8; 32];
     random_bytes(&mut nonce);
-    let mut builder =
-        Builder::new(nonce.to_vec(), key.key_data().clone(), secs(from), secs(until)).map_err(|e| KeyError::Mint(e.to_string()))?;
+    let mut builder = Builder::new(nonce.to_vec(), key.key_data().clone(), secs(from), secs(until))
+        .map_err(|e| KeyError::Mint(e.to_string()))?;
     let mut serial = [0u8; 8];
     random_bytes(&mut serial);
     builder.serial(u64::from_be_bytes(serial)).map_err(|e| KeyError::Mint(e.to_string()))?;
@@ -288,7 +294,9 @@ fn load_or_generate_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
             random_bytes(&mut key);
             match write_private(path, data_encoding::HEXLOWER.encode(&key).as_bytes()) {
                 Ok(()) => Ok(key),
-                Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => load_or_generate_secret(path),
+                Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_generate_secret(path)
+                }
                 Err(e) => Err(e),
             }
         }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "jit-gateway", version, about = "Just-in-time access gateway for SSH: OIDC sign-in, time-limited grants, recorded sessions")]
+#[command(
+    name = "jit-gateway",
+    version,
+    about = "Just-in-time access gateway for SSH: OIDC sign-in, time-limited grants, recorded sessions"
+)]
 struct Args {
     /// Configuration file.
     #[arg(short, long, env = "JITGW_CONFIG", default_value = "/etc/jit-gateway/jit-gateway.toml", global = true)]

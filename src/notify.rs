@@ -33,7 +33,8 @@ impl NotifyConfig {
             Ok(u) => u,
             Err(e) => return Some(format!("not a URL: {e}")),
         };
-        let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback()) || url.host_str() == Some("localhost");
+        let loopback =
+            matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback()) || url.host_str() == Some("localhost");
         match url.scheme() {
             "https" => None,
             "http" if loopback => None,
@@ -51,7 +52,11 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(config: Option<NotifyConfig>) -> Notifier {
         let timeout = config.as_ref().map_or(default_timeout(), |c| c.timeout);
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(timeout).build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
         Notifier { config, http }
     }
 

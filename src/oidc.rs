@@ -16,9 +16,9 @@ use openidconnect::core::{
     CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
-    CsrfToken, DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
+    AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId,
+    ClientSecret, CsrfToken, DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -77,7 +77,8 @@ type Metadata = ProviderMetadata<
     CoreSubjectIdentifierType,
 >;
 
-type Client = CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+type Client =
+    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
 
 struct Discovered {
     client: Client,
@@ -116,8 +117,10 @@ impl OidcClient {
             .timeout(config.http_timeout)
             .connect_timeout(config.http_timeout);
         if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| OidcError::Config(format!("oidc.ca_file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| OidcError::Config(format!("oidc.ca_file: {e}")))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| OidcError::Config(format!("oidc.ca_file {}: {e}", ca.display())))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| OidcError::Config(format!("oidc.ca_file: {e}")))?;
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build().map_err(|e| OidcError::Config(e.to_string()))?;
@@ -133,16 +136,21 @@ impl OidcClient {
     async fn provider(&self, refresh: bool) -> Result<Arc<Discovered>, OidcError> {
         let mut slot = self.discovered.lock().await;
         if let Some(d) = slot.as_ref()
-            && (!refresh || d.fetched.elapsed() < REDISCOVERY_MIN_INTERVAL) {
-                return Ok(Arc::clone(d));
-            }
+            && (!refresh || d.fetched.elapsed() < REDISCOVERY_MIN_INTERVAL)
+        {
+            return Ok(Arc::clone(d));
+        }
         let issuer = IssuerUrl::new(self.config.issuer.clone()).map_err(|e| OidcError::Config(e.to_string()))?;
         let metadata = Metadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| OidcError::Provider(format!("discovery at {}: {}", self.config.issuer, error_chain(&e))))?;
         let device_url = metadata.additional_metadata().device_authorization_endpoint.clone();
-        let client = CoreClient::from_provider_metadata(metadata, ClientId::new(self.config.client_id.clone()), self.secret.clone())
-            .set_auth_type(AuthType::BasicAuth);
+        let client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.config.client_id.clone()),
+            self.secret.clone(),
+        )
+        .set_auth_type(AuthType::BasicAuth);
         let discovered = Arc::new(Discovered { client, device_url, fetched: Instant::now() });
         *slot = Some(Arc::clone(&discovered));
         Ok(discovered)
@@ -171,7 +179,11 @@ impl OidcClient {
 
     /// Polls the token endpoint until the user approves, denies, or the code
     /// expires (or `limit` passes), then verifies the ID token.
-    pub async fn finish_device_flow(&self, auth: &DeviceAuthorization, limit: Duration) -> Result<VerifiedIdentity, OidcError> {
+    pub async fn finish_device_flow(
+        &self,
+        auth: &DeviceAuthorization,
+        limit: Duration,
+    ) -> Result<VerifiedIdentity, OidcError> {
         let provider = self.provider(false).await?;
         let url = provider.device_url.clone().ok_or(OidcError::NoDeviceFlow)?;
         let client = provider.client.clone().set_device_authorization_url(url);
@@ -180,8 +192,8 @@ impl OidcClient {
             .map_err(|e| OidcError::Config(format!("token endpoint: {e}")))?;
         let timeout = auth.expires_in.min(limit);
         let response = request.request_async(&self.http, tokio::time::sleep, Some(timeout)).await.map_err(|e| {
-            use openidconnect::RequestTokenError::ServerResponse;
             use openidconnect::DeviceCodeErrorResponseType as T;
+            use openidconnect::RequestTokenError::ServerResponse;
             match &e {
                 ServerResponse(r) if matches!(r.error(), T::AccessDenied) => OidcError::Denied,
                 ServerResponse(r) if matches!(r.error(), T::ExpiredToken) => OidcError::Expired,
@@ -189,10 +201,9 @@ impl OidcClient {
             }
         })?;
         let _ = response.access_token(); // present by definition; never stored
-        let id_token = response
-            .extra_fields()
-            .id_token()
-            .ok_or_else(|| OidcError::InvalidToken("the token response has no ID token (is `openid` among the scopes?)".into()))?;
+        let id_token = response.extra_fields().id_token().ok_or_else(|| {
+            OidcError::InvalidToken("the token response has no ID token (is `openid` among the scopes?)".into())
+        })?;
         self.verify_id_token(&id_token.to_string(), None).await
     }
 
@@ -211,7 +222,12 @@ impl OidcClient {
         self.identity_from(raw)
     }
 
-    fn check_claims(&self, client: &Client, token: &CoreIdToken, nonce: Option<&Nonce>) -> Result<(), ClaimsVerificationError> {
+    fn check_claims(
+        &self,
+        client: &Client,
+        token: &CoreIdToken,
+        nonce: Option<&Nonce>,
+    ) -> Result<(), ClaimsVerificationError> {
         let clock = Arc::clone(&self.clock);
         let skew = self.config.clock_skew;
         let verifier = client.id_token_verifier().set_time_fn(move || {
@@ -235,7 +251,8 @@ impl OidcClient {
         let bytes = data_encoding::BASE64URL_NOPAD
             .decode(payload.trim_end_matches('=').as_bytes())
             .map_err(|e| OidcError::InvalidToken(format!("payload: {e}")))?;
-        let claims: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| OidcError::InvalidToken(format!("payload: {e}")))?;
+        let claims: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| OidcError::InvalidToken(format!("payload: {e}")))?;
         identity_from_claims(&claims, &self.config)
     }
 }
@@ -254,18 +271,29 @@ pub struct CodeLogin {
 impl OidcClient {
     /// Builds the provider's authorization URL for a loopback redirect (RFC 8252).
     pub async fn start_code_login(&self, redirect_uri: &str) -> Result<CodeLogin, OidcError> {
-        let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::Config(format!("redirect URI: {e}")))?;
+        let redirect =
+            RedirectUrl::new(redirect_uri.to_string()).map_err(|e| OidcError::Config(format!("redirect URI: {e}")))?;
         let provider = self.provider(false).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let scopes = self.config.scopes.iter().filter(|s| *s != "openid").map(|s| Scope::new(s.clone()));
         let (url, state, nonce) = provider
             .client
-            .authorize_url(AuthenticationFlow::<CoreResponseType>::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
             .add_scopes(scopes)
             .set_pkce_challenge(challenge)
             .set_redirect_uri(std::borrow::Cow::Owned(redirect.clone()))
             .url();
-        Ok(CodeLogin { authorize_url: url.to_string(), state: Secret::new(state.secret().clone()), verifier, nonce, redirect_uri: redirect })
+        Ok(CodeLogin {
+            authorize_url: url.to_string(),
+            state: Secret::new(state.secret().clone()),
+            verifier,
+            nonce,
+            redirect_uri: redirect,
+        })
     }
 
     /// Exchanges the code (with the PKCE verifier) and verifies the ID token and its nonce.
@@ -280,7 +308,10 @@ impl OidcClient {
             .request_async(&self.http)
             .await
             .map_err(|e| OidcError::Provider(format!("code exchange: {}", error_chain(&e))))?;
-        let id_token = response.extra_fields().id_token().ok_or_else(|| OidcError::InvalidToken("the token response has no ID token".into()))?;
+        let id_token = response
+            .extra_fields()
+            .id_token()
+            .ok_or_else(|| OidcError::InvalidToken("the token response has no ID token".into()))?;
         self.verify_id_token(&id_token.to_string(), Some(&login.nonce)).await
     }
 }
@@ -290,7 +321,8 @@ pub fn identity_from_claims(claims: &serde_json::Value, config: &OidcConfig) -> 
     let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_string).filter(|s| !s.is_empty());
     let issuer = text("iss").ok_or_else(|| OidcError::InvalidToken("no iss".into()))?;
     let subject = text("sub").ok_or_else(|| OidcError::InvalidToken("no sub".into()))?;
-    let user = text(&config.user_claim).ok_or_else(|| OidcError::MissingClaim(config.user_claim.clone(), "user_claim"))?;
+    let user =
+        text(&config.user_claim).ok_or_else(|| OidcError::MissingClaim(config.user_claim.clone(), "user_claim"))?;
     if config.user_claim == "email" && claims.get("email_verified").and_then(|v| v.as_bool()) == Some(false) {
         return Err(OidcError::InvalidToken("the provider says this email address is not verified".into()));
     }
@@ -327,7 +359,8 @@ fn load_client_secret(config: &OidcConfig) -> Result<Option<ClientSecret>, OidcE
         return Ok(Some(ClientSecret::new(text.trim().to_string())));
     }
     if let Some(var) = &config.client_secret_env {
-        let value = std::env::var(var).map_err(|_| OidcError::Config(format!("oidc.client_secret_env: ${var} is not set")))?;
+        let value =
+            std::env::var(var).map_err(|_| OidcError::Config(format!("oidc.client_secret_env: ${var} is not set")))?;
         return Ok(Some(ClientSecret::new(value.trim().to_string())));
     }
     Ok(None)
@@ -350,8 +383,10 @@ mod tests {
     use serde_json::json;
 
     fn config() -> OidcConfig {
-        toml::from_str(r#"issuer = "https://idp.example.test"
-client_id = "jit-gateway""#)
+        toml::from_str(
+            r#"issuer = "https://idp.example.test"
+client_id = "jit-gateway""#,
+        )
         .unwrap()
     }
 

@@ -126,7 +126,10 @@ impl PolicyConfig {
                 out.push((key("max_duration"), "must be longer than zero".into()));
             }
             if rule.approvals == 0 && rule.auto_approve.is_none() {
-                out.push((key("approvals"), "must be at least 1 (use auto_approve for requests nobody approves)".into()));
+                out.push((
+                    key("approvals"),
+                    "must be at least 1 (use auto_approve for requests nobody approves)".into(),
+                ));
             }
             if rule.approvals > 0 && rule.approvers.is_empty() {
                 out.push((key("approvers"), "name the roles that approve".into()));
@@ -217,7 +220,9 @@ pub fn check_request(
     spec: &RequestSpec,
     now_ms: i64,
 ) -> Result<RequestPlan, RequestDenied> {
-    let target = targets.get(&spec.target).ok_or_else(|| RequestDenied::UnknownTarget(spec.target.chars().take(64).collect()))?;
+    let target = targets
+        .get(&spec.target)
+        .ok_or_else(|| RequestDenied::UnknownTarget(spec.target.chars().take(64).collect()))?;
     if spec.reason.trim().is_empty() {
         return Err(RequestDenied::ReasonRequired);
     }
@@ -240,9 +245,17 @@ pub fn check_request(
             let allowed = rule.protocols.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
             Some(RequestDenied::Protocol { target: spec.target.clone(), protocol: spec.protocol, allowed })
         } else if let Some(login) = spec.logins.iter().find(|l| !rule.logins.contains(l)) {
-            Some(RequestDenied::Login { target: spec.target.clone(), login: login.clone(), allowed: rule.logins.join(", ") })
+            Some(RequestDenied::Login {
+                target: spec.target.clone(),
+                login: login.clone(),
+                allowed: rule.logins.join(", "),
+            })
         } else if spec.duration > rule.max_duration || spec.duration.is_zero() {
-            Some(RequestDenied::TooLong { target: spec.target.clone(), requested: duration_text(spec.duration), max: duration_text(rule.max_duration) })
+            Some(RequestDenied::TooLong {
+                target: spec.target.clone(),
+                requested: duration_text(spec.duration),
+                max: duration_text(rule.max_duration),
+            })
         } else if spec.port_forwarding && !rule.port_forwarding {
             Some(RequestDenied::Forwarding { target: spec.target.clone() })
         } else {
@@ -250,7 +263,10 @@ pub fn check_request(
         };
         match refusal {
             None => {
-                let auto_approved = rule.auto_approve.as_ref().is_some_and(|a| who.holds_any(&a.roles) && spec.duration <= a.max_duration);
+                let auto_approved = rule
+                    .auto_approve
+                    .as_ref()
+                    .is_some_and(|a| who.holds_any(&a.roles) && spec.duration <= a.max_duration);
                 return Ok(RequestPlan {
                     rule: rule.name.clone(),
                     approver_roles: rule.approvers.clone(),

@@ -49,7 +49,12 @@ fn targets() -> BTreeMap<String, TargetConfig> {
         description: String::new(),
         ..TargetConfig::default()
     };
-    BTreeMap::from([("vm1".into(), t(&[])), ("vm2".into(), t(&["linux"])), ("db1".into(), t(&["db"])), ("win1".into(), t(&["windows"]))])
+    BTreeMap::from([
+        ("vm1".into(), t(&[])),
+        ("vm2".into(), t(&["linux"])),
+        ("db1".into(), t(&["db"])),
+        ("win1".into(), t(&["windows"])),
+    ])
 }
 
 fn actor(user: &str, roles: &[&str]) -> Actor {
@@ -114,19 +119,30 @@ fn the_shipped_shape_has_no_problems_and_mistakes_are_named() {
 
 #[test]
 fn a_role_may_request_targets_by_name() {
-    let plan = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "admin", 2 * HOUR), NOW).unwrap();
-    assert_eq!(plan, RequestPlan { rule: "dev-linux".into(), approver_roles: vec!["ops".into()], approvals_needed: 1, auto_approved: false });
+    let plan =
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "admin", 2 * HOUR), NOW).unwrap();
+    assert_eq!(
+        plan,
+        RequestPlan {
+            rule: "dev-linux".into(),
+            approver_roles: vec!["ops".into()],
+            approvals_needed: 1,
+            auto_approved: false
+        }
+    );
 }
 
 #[test]
 fn a_role_may_request_targets_by_tag() {
-    let plan = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm2", "deploy", HOUR), NOW).unwrap();
+    let plan =
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm2", "deploy", HOUR), NOW).unwrap();
     assert_eq!(plan.rule, "dev-linux");
 }
 
 #[test]
 fn a_target_no_rule_covers_for_the_roles_is_refused() {
-    let err = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("win1", "admin", HOUR), NOW).unwrap_err();
+    let err =
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("win1", "admin", HOUR), NOW).unwrap_err();
     assert!(matches!(err, RequestDenied::NoRule { .. }));
     assert!(err.to_string().contains("no policy lets your roles (dev) request win1"), "{err}");
     let err = check_request(&policy(), &targets(), &actor("carol", &[]), &spec("vm1", "admin", HOUR), NOW).unwrap_err();
@@ -135,19 +151,22 @@ fn a_target_no_rule_covers_for_the_roles_is_refused() {
 
 #[test]
 fn an_unknown_target_is_refused() {
-    let err = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("10.0.0.1", "admin", HOUR), NOW).unwrap_err();
+    let err = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("10.0.0.1", "admin", HOUR), NOW)
+        .unwrap_err();
     assert_eq!(err, RequestDenied::UnknownTarget("10.0.0.1".into()));
 }
 
 #[test]
 fn a_login_outside_the_rule_is_refused_with_the_allowed_ones() {
-    let err = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "root", HOUR), NOW).unwrap_err();
+    let err =
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "root", HOUR), NOW).unwrap_err();
     assert!(err.to_string().contains("`root` cannot be requested on vm1; allowed: admin, deploy"), "{err}");
 }
 
 #[test]
 fn a_duration_beyond_the_maximum_is_refused_with_the_maximum() {
-    let err = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "admin", 5 * HOUR), NOW).unwrap_err();
+    let err = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "admin", 5 * HOUR), NOW)
+        .unwrap_err();
     assert!(matches!(err, RequestDenied::TooLong { .. }));
     assert!(err.to_string().contains("5h is longer than the 4h allowed for vm1"), "{err}");
 }
@@ -175,7 +194,10 @@ fn port_forwarding_needs_a_rule_that_allows_it() {
 fn a_reason_and_a_login_are_required() {
     let mut s = spec("vm1", "admin", HOUR);
     s.reason = "  ".into();
-    assert_eq!(check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW), Err(RequestDenied::ReasonRequired));
+    assert_eq!(
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW),
+        Err(RequestDenied::ReasonRequired)
+    );
     let mut s = spec("vm1", "admin", HOUR);
     s.logins.clear();
     assert_eq!(check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW), Err(RequestDenied::NoLogin));
@@ -185,18 +207,26 @@ fn a_reason_and_a_login_are_required() {
 fn start_times_must_be_ahead_but_not_too_far() {
     let mut s = spec("vm1", "admin", HOUR);
     s.starts_at_ms = Some(NOW - 3_600_000);
-    assert!(matches!(check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW), Err(RequestDenied::StartInPast(_))));
+    assert!(matches!(
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW),
+        Err(RequestDenied::StartInPast(_))
+    ));
     s.starts_at_ms = Some(NOW + 30 * 24 * 3_600_000);
-    assert!(matches!(check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW), Err(RequestDenied::StartTooFar(_))));
+    assert!(matches!(
+        check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW),
+        Err(RequestDenied::StartTooFar(_))
+    ));
     s.starts_at_ms = Some(NOW + 3_600_000);
     assert!(check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW).is_ok());
 }
 
 #[test]
 fn auto_approval_needs_the_role_and_a_short_duration() {
-    let plan = check_request(&policy(), &targets(), &actor("pat", &["oncall"]), &spec("vm1", "admin", HOUR), NOW).unwrap();
+    let plan =
+        check_request(&policy(), &targets(), &actor("pat", &["oncall"]), &spec("vm1", "admin", HOUR), NOW).unwrap();
     assert!(plan.auto_approved);
-    let plan = check_request(&policy(), &targets(), &actor("pat", &["oncall"]), &spec("vm1", "admin", 2 * HOUR), NOW).unwrap();
+    let plan =
+        check_request(&policy(), &targets(), &actor("pat", &["oncall"]), &spec("vm1", "admin", 2 * HOUR), NOW).unwrap();
     assert!(!plan.auto_approved, "longer than the auto-approval limit goes to a person");
     let plan = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &spec("vm1", "admin", HOUR), NOW).unwrap();
     assert!(!plan.auto_approved, "dev is not an auto-approved role");
@@ -208,7 +238,10 @@ fn an_approver_grants_from_the_approval_to_the_end_of_the_duration() {
     let plan = check_request(&policy(), &targets(), &actor("bob", &["dev"]), &s, NOW).unwrap();
     let r = request(&plan, &s, "bob");
     let later = NOW + 600_000;
-    assert_eq!(check_approval(&r, &actor("alice", &["ops"]), later), Ok(Approval::Granted { not_before_ms: later, expires_at_ms: later + 7_200_000 }));
+    assert_eq!(
+        check_approval(&r, &actor("alice", &["ops"]), later),
+        Ok(Approval::Granted { not_before_ms: later, expires_at_ms: later + 7_200_000 })
+    );
 }
 
 #[test]
@@ -237,7 +270,10 @@ fn two_person_rules_need_two_distinct_approvers() {
     let mut r = request(&plan, &s, "bob");
     assert_eq!(check_approval(&r, &actor("alice", &["ops"]), NOW), Ok(Approval::Recorded { remaining: 1 }));
     r.approvals.push(Decision { by: "alice".into(), at_ms: NOW, comment: String::new() });
-    assert_eq!(check_approval(&r, &actor("alice", &["ops"]), NOW), Err(ApprovalDenied::AlreadyApproved { remaining: 1 }));
+    assert_eq!(
+        check_approval(&r, &actor("alice", &["ops"]), NOW),
+        Err(ApprovalDenied::AlreadyApproved { remaining: 1 })
+    );
     assert!(matches!(check_approval(&r, &actor("olga", &["ops"]), NOW), Ok(Approval::Granted { .. })));
 }
 
@@ -270,10 +306,19 @@ fn decided_cancelled_and_lapsed_requests_cannot_be_approved() {
     assert!(check_approval(&denied, &alice, NOW).unwrap_err().to_string().contains("is denied, not pending"));
     let mut cancelled = request(&plan, &s, "bob");
     cancelled.cancelled = Some(Decision { by: "bob".into(), at_ms: NOW, comment: String::new() });
-    assert!(matches!(check_approval(&cancelled, &alice, NOW), Err(ApprovalDenied::NotPending { state: RequestState::Cancelled, .. })));
+    assert!(matches!(
+        check_approval(&cancelled, &alice, NOW),
+        Err(ApprovalDenied::NotPending { state: RequestState::Cancelled, .. })
+    ));
     let lapsed = request(&plan, &s, "bob");
-    assert!(matches!(check_approval(&lapsed, &alice, NOW + 25 * 3_600_000), Err(ApprovalDenied::NotPending { state: RequestState::Lapsed, .. })));
+    assert!(matches!(
+        check_approval(&lapsed, &alice, NOW + 25 * 3_600_000),
+        Err(ApprovalDenied::NotPending { state: RequestState::Lapsed, .. })
+    ));
     let mut approved = request(&plan, &s, "bob");
     approved.grant_id = Some("g-1".into());
-    assert!(matches!(check_approval(&approved, &alice, NOW), Err(ApprovalDenied::NotPending { state: RequestState::Approved, .. })));
+    assert!(matches!(
+        check_approval(&approved, &alice, NOW),
+        Err(ApprovalDenied::NotPending { state: RequestState::Approved, .. })
+    ));
 }

@@ -39,14 +39,15 @@ pub fn resolve(arg: &str, dir: Option<&Path>) -> Result<PathBuf, ReplayError> {
         return Ok(direct);
     }
     if crate::ids::looks_like(arg, "r")
-        && let Some(dir) = dir {
-            for ext in ["cast", "exec.gz", "sftp.jsonl", "rdprec"] {
-                let p = dir.join(format!("{arg}.{ext}"));
-                if p.is_file() {
-                    return Ok(p);
-                }
+        && let Some(dir) = dir
+    {
+        for ext in ["cast", "exec.gz", "sftp.jsonl", "rdprec"] {
+            let p = dir.join(format!("{arg}.{ext}"));
+            if p.is_file() {
+                return Ok(p);
             }
         }
+    }
     Err(ReplayError::NotFound(arg.to_string()))
 }
 
@@ -70,7 +71,12 @@ impl Pacer<'_> {
     }
 }
 
-pub fn replay(path: &Path, options: &ReplayOptions, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), ReplayError> {
+pub fn replay(
+    path: &Path,
+    options: &ReplayOptions,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), ReplayError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let bad = |message: String| ReplayError::Bad { path: path.to_path_buf(), message };
     if name.ends_with(".cast") {
@@ -95,7 +101,11 @@ pub fn replay(path: &Path, options: &ReplayOptions, out: &mut dyn Write, err: &m
             match frame.kind {
                 Kind::Header => {
                     let h: ExecHeader = serde_json::from_slice(&frame.payload).map_err(|e| bad(e.to_string()))?;
-                    writeln!(err, "# {} on {} as {} — recorded by jit-gateway\n$ {}", h.user, h.target, h.login, h.command)?;
+                    writeln!(
+                        err,
+                        "# {} on {} as {} — recorded by jit-gateway\n$ {}",
+                        h.user, h.target, h.login, h.command
+                    )?;
                 }
                 Kind::Stdout | Kind::Stderr => {
                     pacer.wait_until(frame.elapsed_us as f64 / 1e6);
@@ -111,8 +121,13 @@ pub fn replay(path: &Path, options: &ReplayOptions, out: &mut dyn Write, err: &m
                         (None, Some(sig)) => format!("killed by signal {sig}"),
                         _ => "no exit status".into(),
                     };
-                    writeln!(err, "\n# {status}; {} bytes of output ({} on stderr){}", t.stdout_bytes, t.stderr_bytes,
-                        if t.capped { ", past the cap only counted and hashed" } else { "" })?;
+                    writeln!(
+                        err,
+                        "\n# {status}; {} bytes of output ({} on stderr){}",
+                        t.stdout_bytes,
+                        t.stderr_bytes,
+                        if t.capped { ", past the cap only counted and hashed" } else { "" }
+                    )?;
                 }
             }
         }

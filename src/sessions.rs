@@ -158,7 +158,12 @@ pub struct GrantEnforcer {
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 impl GrantEnforcer {
-    pub fn new(store: SharedStore, clock: SharedClock, sessions: Arc<SessionRegistry>, ports: Arc<crate::ports::Openings>) -> Arc<Self> {
+    pub fn new(
+        store: SharedStore,
+        clock: SharedClock,
+        sessions: Arc<SessionRegistry>,
+        ports: Arc<crate::ports::Openings>,
+    ) -> Arc<Self> {
         Arc::new(GrantEnforcer { store, clock, sessions, ports, changed: Notify::new() })
     }
 
@@ -205,7 +210,9 @@ impl GrantEnforcer {
             }
             let next = blocking(&self.store, |s| s.next_grant_end()).await.ok().flatten();
             let wait = match next {
-                Some(at) => Duration::from_millis((at - self.clock.now_ms()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64),
+                Some(at) => {
+                    Duration::from_millis((at - self.clock.now_ms()).clamp(0, MAX_SLEEP.as_millis() as i64) as u64)
+                }
                 None => MAX_SLEEP,
             };
             tokio::select! {

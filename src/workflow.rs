@@ -11,7 +11,9 @@ use serde_json::json;
 use crate::clock::{format_duration_ms, format_ms};
 use crate::gateway::Gateway;
 use crate::policy::{self, Actor, Approval, ApprovalDenied, RequestDenied, RequestSpec};
-use crate::store::{AccessRequest, AuditEvent, Decision, Grant, GrantStatus, Identity, RequestState, Revocation, StoreError, blocking};
+use crate::store::{
+    AccessRequest, AuditEvent, Decision, Grant, GrantStatus, Identity, RequestState, Revocation, StoreError, blocking,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -59,7 +61,9 @@ pub fn sees_all(gateway: &Gateway, who: &Actor) -> bool {
 
 async fn load(gateway: &Gateway, id: &str) -> WorkflowResult<AccessRequest> {
     let key = id.to_string();
-    blocking(&gateway.store, move |s| s.request(&key)).await?.ok_or_else(|| WorkflowError::NotFound(format!("request {id}")))
+    blocking(&gateway.store, move |s| s.request(&key))
+        .await?
+        .ok_or_else(|| WorkflowError::NotFound(format!("request {id}")))
 }
 
 fn grant_from(request: &AccessRequest, not_before_ms: i64, expires_at_ms: i64, now_ms: i64) -> Grant {
@@ -94,7 +98,11 @@ fn grant_event(grant: &Grant) -> AuditEvent {
 }
 
 /// Files a request. Auto-approved requests come back approved with their grant.
-pub async fn request(gateway: &Gateway, who: &Actor, spec: RequestSpec) -> WorkflowResult<(AccessRequest, Option<Grant>)> {
+pub async fn request(
+    gateway: &Gateway,
+    who: &Actor,
+    spec: RequestSpec,
+) -> WorkflowResult<(AccessRequest, Option<Grant>)> {
     let now = gateway.clock.now_ms();
     if spec.reason.len() > 1000 {
         return Err(WorkflowError::Invalid("the reason is longer than 1000 characters".into()));
@@ -109,7 +117,15 @@ pub async fn request(gateway: &Gateway, who: &Actor, spec: RequestSpec) -> Workf
         Err(refused) => {
             let details = json!({"user": who.user, "logins": spec.logins, "duration": format_duration_ms(spec.duration.as_millis() as i64),
                                  "reason": spec.reason, "refused": refused.to_string()});
-            gateway.audit(AuditEvent::new("request.refused", who.user.clone(), details).on(spec.target.chars().take(64).collect::<String>())).await;
+            gateway
+                .audit(
+                    AuditEvent::new("request.refused", who.user.clone(), details).on(spec
+                        .target
+                        .chars()
+                        .take(64)
+                        .collect::<String>()),
+                )
+                .await;
             return Err(refused.into());
         }
     };
@@ -146,12 +162,17 @@ pub async fn request(gateway: &Gateway, who: &Actor, spec: RequestSpec) -> Workf
     ];
     let mut grant = None;
     if plan.auto_approved {
-        let (start, end) = policy::window(&request, now).ok_or_else(|| WorkflowError::Invalid("the requested window has already passed".into()))?;
+        let (start, end) = policy::window(&request, now)
+            .ok_or_else(|| WorkflowError::Invalid("the requested window has already passed".into()))?;
         let g = grant_from(&request, start, end, now);
         request.grant_id = Some(g.id.clone());
         events.push(
-            AuditEvent::new("request.auto-approved", "policy", json!({"request": request.id, "user": who.user, "rule": request.rule, "grant": g.id}))
-                .on(request.target.clone()),
+            AuditEvent::new(
+                "request.auto-approved",
+                "policy",
+                json!({"request": request.id, "user": who.user, "rule": request.rule, "grant": g.id}),
+            )
+            .on(request.target.clone()),
         );
         events.push(grant_event(&g));
         grant = Some(g);
@@ -161,7 +182,11 @@ pub async fn request(gateway: &Gateway, who: &Actor, spec: RequestSpec) -> Workf
     if grant.is_some() {
         gateway.enforcer.grants_changed();
     }
-    let status = if plan.auto_approved { "was approved automatically".to_string() } else { format!("waits for approval by {}", request.approver_roles.join(" or ")) };
+    let status = if plan.auto_approved {
+        "was approved automatically".to_string()
+    } else {
+        format!("waits for approval by {}", request.approver_roles.join(" or "))
+    };
     gateway.notifier.send(format!(
         "Access request {} by {}: {} on {} for {} ({}). It {status}.",
         request.id,
@@ -176,15 +201,28 @@ pub async fn request(gateway: &Gateway, who: &Actor, spec: RequestSpec) -> Workf
 }
 
 /// Approves; the last needed approval creates the grant.
-pub async fn approve(gateway: &Gateway, who: &Actor, id: &str, comment: &str) -> WorkflowResult<(AccessRequest, Option<Grant>)> {
+pub async fn approve(
+    gateway: &Gateway,
+    who: &Actor,
+    id: &str,
+    comment: &str,
+) -> WorkflowResult<(AccessRequest, Option<Grant>)> {
     let before = load(gateway, id).await?;
     let now = gateway.clock.now_ms();
     let outcome = policy::check_approval(&before, who, now)?;
     let mut after = before.clone();
-    after.approvals.push(Decision { by: who.user.clone(), at_ms: now, comment: comment.trim().chars().take(1000).collect() });
+    after.approvals.push(Decision {
+        by: who.user.clone(),
+        at_ms: now,
+        comment: comment.trim().chars().take(1000).collect(),
+    });
     let mut events = vec![
-        AuditEvent::new("request.approved", who.user.clone(), json!({"request": id, "user": before.requester, "comment": comment.trim()}))
-            .on(before.target.clone()),
+        AuditEvent::new(
+            "request.approved",
+            who.user.clone(),
+            json!({"request": id, "user": before.requester, "comment": comment.trim()}),
+        )
+        .on(before.target.clone()),
     ];
     let grant = match outcome {
         Approval::Granted { not_before_ms, expires_at_ms } => {
@@ -196,7 +234,8 @@ pub async fn approve(gateway: &Gateway, who: &Actor, id: &str, comment: &str) ->
         Approval::Recorded { .. } => None,
     };
     let (saved, stored_grant) = (after.clone(), grant.clone());
-    blocking(&gateway.store, move |s| s.save_request(&saved, Some(&before), stored_grant.as_ref(), &events, now)).await?;
+    blocking(&gateway.store, move |s| s.save_request(&saved, Some(&before), stored_grant.as_ref(), &events, now))
+        .await?;
     if let Some(g) = &grant {
         gateway.enforcer.grants_changed();
         gateway.notifier.send(format!(
@@ -226,12 +265,20 @@ pub async fn deny(gateway: &Gateway, who: &Actor, id: &str, reason: &str) -> Wor
     }
     let approver = who.roles.iter().any(|r| before.approver_roles.contains(r));
     if !approver && !is_admin(gateway, who) {
-        return Err(WorkflowError::Forbidden(format!("denying this request needs one of the roles {}", before.approver_roles.join(" or "))));
+        return Err(WorkflowError::Forbidden(format!(
+            "denying this request needs one of the roles {}",
+            before.approver_roles.join(" or ")
+        )));
     }
     let mut after = before.clone();
-    after.denial = Some(Decision { by: who.user.clone(), at_ms: now, comment: reason.trim().chars().take(1000).collect() });
-    let events = [AuditEvent::new("request.denied", who.user.clone(), json!({"request": id, "user": before.requester, "reason": reason.trim()}))
-        .on(before.target.clone())];
+    after.denial =
+        Some(Decision { by: who.user.clone(), at_ms: now, comment: reason.trim().chars().take(1000).collect() });
+    let events = [AuditEvent::new(
+        "request.denied",
+        who.user.clone(),
+        json!({"request": id, "user": before.requester, "reason": reason.trim()}),
+    )
+    .on(before.target.clone())];
     let saved = after.clone();
     blocking(&gateway.store, move |s| s.save_request(&saved, Some(&before), None, &events, now)).await?;
     gateway.notifier.send(format!("Request {id} by {} was denied by {}: {}", after.requester, who.user, reason.trim()));
@@ -251,7 +298,8 @@ pub async fn cancel(gateway: &Gateway, who: &Actor, id: &str) -> WorkflowResult<
     }
     let mut after = before.clone();
     after.cancelled = Some(Decision { by: who.user.clone(), at_ms: now, comment: String::new() });
-    let events = [AuditEvent::new("request.cancelled", who.user.clone(), json!({"request": id})).on(before.target.clone())];
+    let events =
+        [AuditEvent::new("request.cancelled", who.user.clone(), json!({"request": id})).on(before.target.clone())];
     let saved = after.clone();
     blocking(&gateway.store, move |s| s.save_request(&saved, Some(&before), None, &events, now)).await?;
     Ok(after)
@@ -260,24 +308,39 @@ pub async fn cancel(gateway: &Gateway, who: &Actor, id: &str) -> WorkflowResult<
 /// Revokes a grant: its holder (ending their own access early), an approver
 /// of the request it came from, or an admin. `by_local_admin` is the
 /// break-glass admin socket, which may revoke anything.
-pub async fn revoke(gateway: &Gateway, who: &Actor, by_local_admin: bool, id: &str, reason: &str) -> WorkflowResult<Grant> {
+pub async fn revoke(
+    gateway: &Gateway,
+    who: &Actor,
+    by_local_admin: bool,
+    id: &str,
+    reason: &str,
+) -> WorkflowResult<Grant> {
     if reason.trim().is_empty() {
         return Err(WorkflowError::Invalid("--reason is required for a revocation".into()));
     }
     let key = id.to_string();
-    let grant = blocking(&gateway.store, move |s| s.grant(&key)).await?.ok_or_else(|| WorkflowError::NotFound(format!("grant {id}")))?;
+    let grant = blocking(&gateway.store, move |s| s.grant(&key))
+        .await?
+        .ok_or_else(|| WorkflowError::NotFound(format!("grant {id}")))?;
     if !by_local_admin && !grant.user.eq_ignore_ascii_case(&who.user) && !is_admin(gateway, who) {
         let approver = match &grant.request_id {
-            Some(rid) => load(gateway, rid).await.ok().is_some_and(|r| who.roles.iter().any(|role| r.approver_roles.contains(role))),
+            Some(rid) => load(gateway, rid)
+                .await
+                .ok()
+                .is_some_and(|r| who.roles.iter().any(|role| r.approver_roles.contains(role))),
             None => false,
         };
         if !approver {
-            return Err(WorkflowError::Forbidden("only the grant's holder, its approvers or an admin can revoke it".into()));
+            return Err(WorkflowError::Forbidden(
+                "only the grant's holder, its approvers or an admin can revoke it".into(),
+            ));
         }
     }
     let now = gateway.clock.now_ms();
     let (by, why) = (who.user.clone(), reason.trim().chars().take(1000).collect::<String>());
-    let event = AuditEvent::new("grant.revoked", who.user.clone(), json!({"grant": id, "user": grant.user, "reason": why})).on(grant.target.clone());
+    let event =
+        AuditEvent::new("grant.revoked", who.user.clone(), json!({"grant": id, "user": grant.user, "reason": why}))
+            .on(grant.target.clone());
     let key = id.to_string();
     let revoked = blocking(&gateway.store, move |s| {
         let g = s.update_grant(&key, &mut |g| match g.status(now) {
@@ -294,6 +357,12 @@ pub async fn revoke(gateway: &Gateway, who: &Actor, by_local_admin: bool, id: &s
     .await?;
     // End its sessions now rather than at the enforcer's next wake-up.
     gateway.enforcer.enforce_now().await?;
-    gateway.notifier.send(format!("Grant {id} of {} on {} was revoked by {}: {}", revoked.user, revoked.target, who.user, reason.trim()));
+    gateway.notifier.send(format!(
+        "Grant {id} of {} on {} was revoked by {}: {}",
+        revoked.user,
+        revoked.target,
+        who.user,
+        reason.trim()
+    ));
     Ok(revoked)
 }

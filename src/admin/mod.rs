@@ -29,7 +29,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another gateway is running on this socket"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another gateway is running on this socket",
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -119,7 +122,11 @@ pub async fn call(socket: &Path, request: &Request) -> Result<serde_json::Value,
     stream.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
     stream.shutdown().await.map_err(|e| e.to_string())?;
     let mut lines = BufReader::new(stream).lines();
-    let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the gateway closed the connection without answering")?;
+    let line = lines
+        .next_line()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the gateway closed the connection without answering")?;
     let response: Response = serde_json::from_str(&line).map_err(|e| format!("unreadable answer: {e}"))?;
     if response.ok { Ok(response.data) } else { Err(response.error.unwrap_or_else(|| "request failed".into())) }
 }

@@ -25,10 +25,22 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
     let store_err = |e: StoreError| e.to_string();
     let now = gateway.clock.now_ms();
     match request {
-        Request::GrantAdd { user, target, protocol, logins, duration_secs, starts_in_secs, port_forwarding, rdp_redirect, reason } => {
+        Request::GrantAdd {
+            user,
+            target,
+            protocol,
+            logins,
+            duration_secs,
+            starts_in_secs,
+            port_forwarding,
+            rdp_redirect,
+            reason,
+        } => {
             let user = user.trim().to_string();
             if user.is_empty() || user.len() > 254 || user.contains(char::is_whitespace) {
-                return Err("--user must name one person as the identity provider does (for example alice@example.test)".into());
+                return Err(
+                    "--user must name one person as the identity provider does (for example alice@example.test)".into(),
+                );
             }
             let inventory = gateway.inventory.snapshot();
             if !inventory.contains_key(&target) {
@@ -109,7 +121,11 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
         }
         Request::Sessions => Ok(json!(gateway.sessions.list())),
         Request::SessionKill { id, reason } => {
-            let reason = if reason.trim().is_empty() { format!("ended by {account}") } else { format!("ended by {account}: {}", reason.trim()) };
+            let reason = if reason.trim().is_empty() {
+                format!("ended by {account}")
+            } else {
+                format!("ended by {account}: {}", reason.trim())
+            };
             if !gateway.sessions.end_session(&id, &reason) {
                 return Err(format!("no live session `{id}` (see `jit-gateway sessions`)"));
             }
@@ -117,7 +133,8 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             Ok(json!({"session": id, "ended": true}))
         }
         Request::KeyBind { user, login_name, public_key, duration_secs } => {
-            let key = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| format!("not an OpenSSH public key: {e}"))?;
+            let key = russh::keys::PublicKey::from_openssh(public_key.trim())
+                .map_err(|e| format!("not an OpenSSH public key: {e}"))?;
             let user = user.trim().to_string();
             if user.is_empty() || user.contains(char::is_whitespace) {
                 return Err("--user must name one person".into());
@@ -163,7 +180,8 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             Ok(shown)
         }
         Request::KeyUnbind { public_key } => {
-            let key = russh::keys::PublicKey::from_openssh(public_key.trim()).map_err(|e| format!("not an OpenSSH public key: {e}"))?;
+            let key = russh::keys::PublicKey::from_openssh(public_key.trim())
+                .map_err(|e| format!("not an OpenSSH public key: {e}"))?;
             let fp = crate::keys::fingerprint(&key);
             let event = AuditEvent::new("key.unbound", account, json!({"key": fp}));
             let removed = blocking(&gateway.store, move |s| {

@@ -20,8 +20,8 @@ use axum::http::request::Parts;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::error::{ApiError, ApiResult};
 use super::AppState;
+use super::error::{ApiError, ApiResult};
 use crate::gateway::Gateway;
 use crate::oidc::{CodeLogin, DeviceAuthorization, OidcError, VerifiedIdentity};
 use crate::policy::Actor;
@@ -59,7 +59,8 @@ fn check(gateway: &Gateway, token: &str) -> Result<String, &'static str> {
         });
     }
     let tag = data_encoding::BASE64URL_NOPAD.decode(tag.as_bytes()).map_err(|_| "malformed token")?;
-    hmac::verify(&mac_key(gateway), format!("{prefix}.{id}").as_bytes(), &tag).map_err(|_| "the token's signature is not this gateway's")?;
+    hmac::verify(&mac_key(gateway), format!("{prefix}.{id}").as_bytes(), &tag)
+        .map_err(|_| "the token's signature is not this gateway's")?;
     Ok(id.to_string())
 }
 
@@ -72,7 +73,12 @@ pub struct Issued {
 }
 
 /// Records the identity and opens an API session for it.
-pub async fn issue(gateway: &Gateway, verified: &VerifiedIdentity, client_ip: &str, method: &'static str) -> ApiResult<Issued> {
+pub async fn issue(
+    gateway: &Gateway,
+    verified: &VerifiedIdentity,
+    client_ip: &str,
+    method: &'static str,
+) -> ApiResult<Issued> {
     let identity = crate::ssh::signin::remember(gateway, verified, None, client_ip, method)
         .await
         .map_err(|e| ApiError::unavailable(format!("cannot record the sign-in: {e}")))?;
@@ -88,7 +94,9 @@ pub async fn issue(gateway: &Gateway, verified: &VerifiedIdentity, client_ip: &s
     };
     let token = mint(gateway, &session.id);
     let stored = session.clone();
-    blocking(&gateway.store, move |s| s.upsert_api_session(&stored)).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    blocking(&gateway.store, move |s| s.upsert_api_session(&stored))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     tracing::info!(user = %identity.user, session = %session.id, "API session opened");
     Ok(Issued { token, user: identity.user, expires_ms: session.expires_ms })
 }
@@ -159,7 +167,10 @@ impl Logins {
         let now = tokio::time::Instant::now();
         map.retain(|_, p| p.until() > now);
         if map.len() >= MAX_PENDING {
-            return Err(ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "too many sign-ins in progress; try again in a minute"));
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too many sign-ins in progress; try again in a minute",
+            ));
         }
         map.insert(id, pending);
         Ok(())
@@ -178,7 +189,9 @@ pub struct DeviceStarted {
 fn oidc_error(e: OidcError) -> ApiError {
     match e {
         OidcError::Denied => ApiError::forbidden("sign-in was denied at the identity provider"),
-        OidcError::Expired => ApiError::new(axum::http::StatusCode::GONE, "the sign-in code expired; run `jit-gateway login` again"),
+        OidcError::Expired => {
+            ApiError::new(axum::http::StatusCode::GONE, "the sign-in code expired; run `jit-gateway login` again")
+        }
         OidcError::InvalidToken(_) | OidcError::MissingClaim(..) => ApiError::forbidden(e.to_string()),
         other => {
             tracing::error!(error = %other, "identity provider error during API sign-in");
@@ -205,7 +218,9 @@ pub async fn start_device(state: &AppState, client_ip: String) -> ApiResult<Devi
     state.logins.insert(login_id, Pending::Device { outcome: Arc::clone(&outcome), done: Arc::clone(&done), until })?;
     tokio::spawn(async move {
         let result = match gateway.oidc.finish_device_flow(&auth, auth.expires_in).await {
-            Ok(verified) => issue(&gateway, &verified, &client_ip, "signin.api.device-flow").await.map_err(|e| (e.status.as_u16(), e.message)),
+            Ok(verified) => issue(&gateway, &verified, &client_ip, "signin.api.device-flow")
+                .await
+                .map_err(|e| (e.status.as_u16(), e.message)),
             Err(e) => {
                 let err = oidc_error(e);
                 Err((err.status.as_u16(), err.message))
@@ -240,7 +255,10 @@ pub async fn wait_device(state: &AppState, login_id: &str) -> ApiResult<Option<I
                 map.remove(login_id);
             }
             result.map(Some).map_err(|(status, message)| {
-                ApiError::new(axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::FORBIDDEN), message)
+                ApiError::new(
+                    axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::FORBIDDEN),
+                    message,
+                )
             })
         }
     }
@@ -256,7 +274,9 @@ fn loopback_redirect(uri: &str) -> ApiResult<()> {
         None => false,
     };
     if url.scheme() != "http" || !loopback || url.port().is_none() {
-        return Err(ApiError::bad_request("redirect_uri must be http://127.0.0.1:<port>/... (a loopback listener of the CLI)"));
+        return Err(ApiError::bad_request(
+            "redirect_uri must be http://127.0.0.1:<port>/... (a loopback listener of the CLI)",
+        ));
     }
     Ok(())
 }
@@ -272,11 +292,20 @@ pub async fn start_code(state: &AppState, redirect_uri: &str) -> ApiResult<CodeS
     let login = state.gateway.oidc.start_code_login(redirect_uri).await.map_err(oidc_error)?;
     let login_id = crate::ids::new_id("l") + &crate::ids::new_id("");
     let started = CodeStarted { login_id: login_id.clone(), authorize_url: login.authorize_url.clone() };
-    state.logins.insert(login_id, Pending::Code { login: Box::new(login), until: tokio::time::Instant::now() + Duration::from_secs(600) })?;
+    state.logins.insert(
+        login_id,
+        Pending::Code { login: Box::new(login), until: tokio::time::Instant::now() + Duration::from_secs(600) },
+    )?;
     Ok(started)
 }
 
-pub async fn finish_code(state: &AppState, login_id: &str, code: &str, returned_state: &str, client_ip: &str) -> ApiResult<Issued> {
+pub async fn finish_code(
+    state: &AppState,
+    login_id: &str,
+    code: &str,
+    returned_state: &str,
+    client_ip: &str,
+) -> ApiResult<Issued> {
     let login = {
         let mut map = state.logins.pending.lock().map_err(|_| ApiError::unavailable("login table poisoned"))?;
         match map.remove(login_id) {

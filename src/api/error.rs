@@ -42,7 +42,8 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message).hint("try again later; the gateway's operators can see details in its log")
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+            .hint("try again later; the gateway's operators can see details in its log")
     }
 }
 
@@ -76,7 +77,9 @@ impl From<WorkflowError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = match &r {
-            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
             _ => r.status(),

@@ -37,7 +37,10 @@ pub async fn health() -> Json<serde_json::Value> {
 
 // ---- sign-in ---------------------------------------------------------------
 
-pub async fn login_device(State(state): State<AppState>, addr: Option<axum::Extension<ClientAddr>>) -> ApiResult<Response> {
+pub async fn login_device(
+    State(state): State<AppState>,
+    addr: Option<axum::Extension<ClientAddr>>,
+) -> ApiResult<Response> {
     let ip = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
     Ok((StatusCode::CREATED, Json(auth::start_device(&state, ip).await?)).into_response())
 }
@@ -75,7 +78,11 @@ pub struct CodeFinish {
     state: String,
 }
 
-pub async fn login_code_finish(State(state): State<AppState>, addr: Option<axum::Extension<ClientAddr>>, b: Body<CodeFinish>) -> ApiResult<Response> {
+pub async fn login_code_finish(
+    State(state): State<AppState>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    b: Body<CodeFinish>,
+) -> ApiResult<Response> {
     let req = body(b)?;
     let ip = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
     Ok(Json(auth::finish_code(&state, &req.login_id, &req.code, &req.state, &ip).await?).into_response())
@@ -153,12 +160,21 @@ async fn view(state: &AppState, request: AccessRequest) -> ApiResult<RequestView
 
 pub async fn create_request(State(state): State<AppState>, caller: Caller, b: Body<NewRequest>) -> ApiResult<Response> {
     let req = body(b)?;
-    let duration: Duration = humantime::parse_duration(req.duration.trim())
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("duration `{}`: {e} (write e.g. 2h or 30m)", req.duration)))?;
+    let duration: Duration = humantime::parse_duration(req.duration.trim()).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("duration `{}`: {e} (write e.g. 2h or 30m)", req.duration),
+        )
+    })?;
     let starts_at_ms = match &req.starts_at {
         Some(text) => Some(
             humantime::parse_rfc3339_weak(text.trim())
-                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("starts_at `{text}`: {e} (RFC 3339, e.g. 2026-11-27T14:00:00Z)")))?
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("starts_at `{text}`: {e} (RFC 3339, e.g. 2026-11-27T14:00:00Z)"),
+                    )
+                })?
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
@@ -190,7 +206,11 @@ pub struct Scope {
     all: Option<bool>,
 }
 
-pub async fn list_requests(State(state): State<AppState>, caller: Caller, q: Result<Query<Scope>, QueryRejection>) -> ApiResult<Response> {
+pub async fn list_requests(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<Scope>, QueryRejection>,
+) -> ApiResult<Response> {
     let Query(q) = q?;
     let gateway = &state.gateway;
     let now = gateway.clock.now_ms();
@@ -221,14 +241,19 @@ async fn visible_request(state: &AppState, caller: &Caller, id: &str) -> ApiResu
     let request = blocking(&state.gateway.store, move |s| s.request(&key)).await.map_err(store_err)?;
     let request = request.ok_or_else(|| ApiError::not_found(format!("request {id} not found")))?;
     let me = &caller.actor;
-    let involved = request.requester.eq_ignore_ascii_case(&me.user) || me.roles.iter().any(|r| request.approver_roles.contains(r));
+    let involved =
+        request.requester.eq_ignore_ascii_case(&me.user) || me.roles.iter().any(|r| request.approver_roles.contains(r));
     if !involved && !sees_all(&state.gateway, me) {
         return Err(ApiError::not_found(format!("request {id} not found")));
     }
     Ok(request)
 }
 
-pub async fn get_request(State(state): State<AppState>, caller: Caller, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+pub async fn get_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
     let Path(id) = id?;
     let request = visible_request(&state, &caller, &id).await?;
     Ok(Json(view(&state, request).await?).into_response())
@@ -241,7 +266,12 @@ pub struct Comment {
     comment: String,
 }
 
-pub async fn approve(State(state): State<AppState>, caller: Caller, id: Result<Path<String>, PathRejection>, b: Body<Comment>) -> ApiResult<Response> {
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    b: Body<Comment>,
+) -> ApiResult<Response> {
     let Path(id) = id?;
     let c = body(b)?;
     let (request, grant) = workflow::approve(&state.gateway, &caller.actor, &id, &c.comment).await?;
@@ -256,14 +286,23 @@ pub struct Reason {
     reason: String,
 }
 
-pub async fn deny(State(state): State<AppState>, caller: Caller, id: Result<Path<String>, PathRejection>, b: Body<Reason>) -> ApiResult<Response> {
+pub async fn deny(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    b: Body<Reason>,
+) -> ApiResult<Response> {
     let Path(id) = id?;
     let r = body(b)?;
     let request = workflow::deny(&state.gateway, &caller.actor, &id, &r.reason).await?;
     Ok(Json(view(&state, request).await?).into_response())
 }
 
-pub async fn cancel(State(state): State<AppState>, caller: Caller, id: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
     let Path(id) = id?;
     let request = workflow::cancel(&state.gateway, &caller.actor, &id).await?;
     Ok(Json(view(&state, request).await?).into_response())
@@ -278,7 +317,11 @@ pub struct GrantView {
     status: GrantStatus,
 }
 
-pub async fn list_grants(State(state): State<AppState>, caller: Caller, q: Result<Query<Scope>, QueryRejection>) -> ApiResult<Response> {
+pub async fn list_grants(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<Scope>, QueryRejection>,
+) -> ApiResult<Response> {
     let Query(q) = q?;
     let gateway = &state.gateway;
     let now = gateway.clock.now_ms();
@@ -295,12 +338,21 @@ pub async fn list_grants(State(state): State<AppState>, caller: Caller, q: Resul
     let views: Vec<GrantView> = grants
         .into_iter()
         .map(|g| GrantView { status: g.status(now), grant: g })
-        .filter(|v| q.all.unwrap_or(false) || matches!(v.status, GrantStatus::Live | GrantStatus::Scheduled) || v.grant.end_ms() >= recent)
+        .filter(|v| {
+            q.all.unwrap_or(false)
+                || matches!(v.status, GrantStatus::Live | GrantStatus::Scheduled)
+                || v.grant.end_ms() >= recent
+        })
         .collect();
     Ok(Json(views).into_response())
 }
 
-pub async fn revoke(State(state): State<AppState>, caller: Caller, id: Result<Path<String>, PathRejection>, b: Body<Reason>) -> ApiResult<Response> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    b: Body<Reason>,
+) -> ApiResult<Response> {
     let Path(id) = id?;
     let r = body(b)?;
     let grant = workflow::revoke(&state.gateway, &caller.actor, false, &id, &r.reason).await?;
@@ -308,7 +360,11 @@ pub async fn revoke(State(state): State<AppState>, caller: Caller, id: Result<Pa
     Ok(Json(GrantView { status: grant.status(now), grant }).into_response())
 }
 
-pub async fn list_sessions(State(state): State<AppState>, caller: Caller, q: Result<Query<Scope>, QueryRejection>) -> ApiResult<Response> {
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<Scope>, QueryRejection>,
+) -> ApiResult<Response> {
     let Query(q) = q?;
     let gateway = &state.gateway;
     let live = gateway.sessions.list();
@@ -322,20 +378,41 @@ pub async fn list_sessions(State(state): State<AppState>, caller: Caller, q: Res
     Ok(Json(chosen).into_response())
 }
 
-pub async fn kill_session(State(state): State<AppState>, caller: Caller, id: Result<Path<String>, PathRejection>, b: Body<Reason>) -> ApiResult<Response> {
+pub async fn kill_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    b: Body<Reason>,
+) -> ApiResult<Response> {
     let Path(id) = id?;
     let r = body(b)?;
     let gateway = &state.gateway;
     let me = &caller.actor;
-    let session = gateway.sessions.list().into_iter().find(|s| s.id == id).ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?;
+    let session = gateway
+        .sessions
+        .list()
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("no live session {id}")))?;
     let admin = me.roles.iter().any(|role| gateway.config.policy.admin_roles.contains(role));
     if !admin && !session.user.eq_ignore_ascii_case(&me.user) {
         return Err(ApiError::forbidden("ending someone else's session needs an admin role"));
     }
-    let reason = if r.reason.trim().is_empty() { format!("ended by {}", me.user) } else { format!("ended by {}: {}", me.user, r.reason.trim()) };
+    let reason = if r.reason.trim().is_empty() {
+        format!("ended by {}", me.user)
+    } else {
+        format!("ended by {}: {}", me.user, r.reason.trim())
+    };
     gateway.sessions.end_session(&id, &reason);
     gateway
-        .audit(crate::store::AuditEvent::new("session.killed", me.user.clone(), json!({"session": id, "user": session.user, "reason": reason})).on(session.target))
+        .audit(
+            crate::store::AuditEvent::new(
+                "session.killed",
+                me.user.clone(),
+                json!({"session": id, "user": session.user, "reason": reason}),
+            )
+            .on(session.target),
+        )
         .await;
     Ok(Json(json!({"session": id, "ended": true})).into_response())
 }
@@ -364,12 +441,22 @@ fn time_param(name: &str, text: &Option<String>) -> ApiResult<Option<i64>> {
         .transpose()
 }
 
-pub async fn audit(State(state): State<AppState>, caller: Caller, q: Result<Query<AuditParams>, QueryRejection>) -> ApiResult<Response> {
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<AuditParams>, QueryRejection>,
+) -> ApiResult<Response> {
     let Query(p) = q?;
     if !sees_all(&state.gateway, &caller.actor) {
         return Err(ApiError::forbidden("reading the audit log needs an admin or auditor role"));
     }
-    let query = AuditQuery { user: p.user, target: p.target, kind: p.kind, since_ms: time_param("since", &p.since)?, until_ms: time_param("until", &p.until)? };
+    let query = AuditQuery {
+        user: p.user,
+        target: p.target,
+        kind: p.kind,
+        since_ms: time_param("since", &p.since)?,
+        until_ms: time_param("until", &p.until)?,
+    };
     let limit = p.limit.unwrap_or(1000).clamp(1, 100_000);
     let records = blocking(&state.gateway.store, |s| s.audit_records(1, usize::MAX)).await.map_err(store_err)?;
     let matching: Vec<_> = records.into_iter().filter(|r| query.matches(r)).collect();
@@ -381,7 +468,9 @@ pub async fn audit_verify(State(state): State<AppState>, caller: Caller) -> ApiR
     if !sees_all(&state.gateway, &caller.actor) {
         return Err(ApiError::forbidden("verifying the audit log needs an admin or auditor role"));
     }
-    let (records, head) = blocking(&state.gateway.store, |s| Ok((s.audit_records(1, usize::MAX)?, s.audit_head()?))).await.map_err(store_err)?;
+    let (records, head) = blocking(&state.gateway.store, |s| Ok((s.audit_records(1, usize::MAX)?, s.audit_head()?)))
+        .await
+        .map_err(store_err)?;
     Ok(match crate::audit::verify(&records, head.as_ref(), state.gateway.keys.signing_public()) {
         Ok(ok) => Json(json!({"ok": true, "records": ok.records, "head_hash": ok.head_hash})).into_response(),
         Err(broken) => Json(json!({"ok": false, "broken": broken.to_string(), "detail": broken})).into_response(),
@@ -409,7 +498,10 @@ pub async fn rdp_ticket(State(state): State<AppState>, caller: Caller, b: Body<N
     if let Some(login) = &req.login
         && !crate::access::valid_login(login)
     {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("`{}` is not a valid login name", login.chars().take(64).collect::<String>())));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`{}` is not a valid login name", login.chars().take(64).collect::<String>()),
+        ));
     }
     let issued = crate::rdp::issue_ticket(&state.gateway, &caller.actor.user, req.target.trim(), req.login.as_deref())
         .await

@@ -63,7 +63,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/sessions/{id}/kill", post(handlers::kill_session))
         .route("/audit", get(handlers::audit))
         .route("/audit/verify", get(handlers::audit_verify));
-    Router::new().nest("/api/v1", v1).fallback(handlers::not_found).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state)
+    Router::new()
+        .nest("/api/v1", v1)
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +77,10 @@ pub enum ApiStartError {
 }
 
 /// The self-signed certificate in certs/ (made on first use) for the public host name.
-pub fn default_identity(config: &crate::config::Config, keys: &crate::keys::KeyMaterial) -> Result<(String, crate::secret::Secret<String>), crate::keys::KeyError> {
+pub fn default_identity(
+    config: &crate::config::Config,
+    keys: &crate::keys::KeyMaterial,
+) -> Result<(String, crate::secret::Secret<String>), crate::keys::KeyError> {
     let mut hosts = vec![config.gateway.public_host.clone(), "localhost".into(), "127.0.0.1".into()];
     hosts.sort();
     hosts.dedup();
@@ -85,14 +92,17 @@ fn tls_config(gateway: &Gateway) -> Result<rustls::ServerConfig, ApiStartError> 
     let (cert_pem, key_pem) = match (&api.tls_cert, &api.tls_key) {
         (Some(c), Some(k)) => (
             std::fs::read_to_string(c).map_err(|e| ApiStartError::Tls(format!("{}: {e}", c.display())))?,
-            crate::secret::Secret::new(std::fs::read_to_string(k).map_err(|e| ApiStartError::Tls(format!("{}: {e}", k.display())))?),
+            crate::secret::Secret::new(
+                std::fs::read_to_string(k).map_err(|e| ApiStartError::Tls(format!("{}: {e}", k.display())))?,
+            ),
         ),
         _ => default_identity(&gateway.config, &gateway.keys).map_err(|e| ApiStartError::Tls(e.to_string()))?,
     };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| ApiStartError::Tls(format!("certificate: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|e| ApiStartError::Tls(format!("key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
+        .map_err(|e| ApiStartError::Tls(format!("key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -105,7 +115,11 @@ fn tls_config(gateway: &Gateway) -> Result<rustls::ServerConfig, ApiStartError> 
 }
 
 /// Serves the API on `listener` until `shutdown`.
-pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ApiStartError> {
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ApiStartError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&gateway)?));
     let app = router(gateway);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));

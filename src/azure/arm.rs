@@ -22,8 +22,8 @@ use azure_core::http::headers::{HeaderName, Headers};
 use azure_core::http::policies::Policy;
 use azure_core::http::policies::auth::BearerTokenAuthorizationPolicy;
 use azure_core::http::{
-    AsyncRawResponse, Body, ClientOptions, Context, ExponentialRetryOptions, HttpClient, Method, Pipeline, PipelineSendOptions,
-    Request, RetryOptions, StatusCode, Transport, Url,
+    AsyncRawResponse, Body, ClientOptions, Context, ExponentialRetryOptions, HttpClient, Method, Pipeline,
+    PipelineSendOptions, Request, RetryOptions, StatusCode, Transport, Url,
 };
 use serde_json::Value;
 
@@ -91,7 +91,11 @@ struct Chain(Vec<(&'static str, Arc<dyn TokenCredential>)>);
 
 #[async_trait::async_trait]
 impl TokenCredential for Chain {
-    async fn get_token(&self, scopes: &[&str], options: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
         let mut failures = Vec::new();
         for (name, credential) in &self.0 {
             match credential.get_token(scopes, options.clone()).await {
@@ -99,7 +103,10 @@ impl TokenCredential for Chain {
                 Err(e) => failures.push(format!("{name}: {e}")),
             }
         }
-        Err(AzError::with_message(ErrorKind::Credential, format!("no Azure credential worked ({})", failures.join("; "))))
+        Err(AzError::with_message(
+            ErrorKind::Credential,
+            format!("no Azure credential worked ({})", failures.join("; ")),
+        ))
     }
 }
 
@@ -127,8 +134,10 @@ impl Arm {
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10));
         if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| ArmError::Config(format!("azure.ca_file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ArmError::Config(format!("azure.ca_file: {e}")))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| ArmError::Config(format!("azure.ca_file {}: {e}", ca.display())))?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| ArmError::Config(format!("azure.ca_file: {e}")))?;
             http = http.add_root_certificate(cert);
         }
         let http = http.build().map_err(|e| ArmError::Config(e.to_string()))?;
@@ -138,7 +147,8 @@ impl Arm {
             custom.authority_host = host.clone();
             Arc::new(azure_core::cloud::CloudConfiguration::Custom(custom))
         });
-        let options = || ClientOptions { transport: Some(transport.clone()), cloud: cloud.clone(), ..Default::default() };
+        let options =
+            || ClientOptions { transport: Some(transport.clone()), cloud: cloud.clone(), ..Default::default() };
         let credential = Arc::new(Chain(credentials(config, &options)?));
         let auth: Arc<dyn Policy> = Arc::new(BearerTokenAuthorizationPolicy::new(credential, [SCOPE]));
         let retry = RetryOptions::exponential(ExponentialRetryOptions {
@@ -147,8 +157,16 @@ impl Arm {
             max_delay: azure_core::time::Duration::seconds(10),
             max_total_elapsed: azure_core::time::Duration::seconds(60),
         });
-        let pipeline = Pipeline::new(Some("jit-gateway"), Some(env!("CARGO_PKG_VERSION")), ClientOptions { retry, ..options() }, vec![], vec![auth], None);
-        let base = Url::parse(&config.arm_endpoint).map_err(|e| ArmError::Config(format!("azure.arm_endpoint: {e}")))?;
+        let pipeline = Pipeline::new(
+            Some("jit-gateway"),
+            Some(env!("CARGO_PKG_VERSION")),
+            ClientOptions { retry, ..options() },
+            vec![],
+            vec![auth],
+            None,
+        );
+        let base =
+            Url::parse(&config.arm_endpoint).map_err(|e| ArmError::Config(format!("azure.arm_endpoint: {e}")))?;
         Ok(Arm { pipeline, base })
     }
 
@@ -166,7 +184,11 @@ impl Arm {
             .map_err(|e| ArmError::Transport { what: what.into(), message: e.to_string() })?;
         let (status, headers, body) = response.deconstruct();
         let request_id = header(&headers, "x-ms-request-id").unwrap_or_default();
-        let body: Value = if body.as_ref().is_empty() { Value::Null } else { serde_json::from_slice(body.as_ref()).unwrap_or(Value::Null) };
+        let body: Value = if body.as_ref().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body.as_ref()).unwrap_or(Value::Null)
+        };
         let status = u16::from(status);
         if status >= 400 && status != 404 {
             let message = body["error"]["message"].as_str().unwrap_or("no details").to_string();
@@ -176,7 +198,8 @@ impl Arm {
     }
 
     fn url(&self, path: &str, api: &str) -> ArmResult<Url> {
-        let mut url = self.base.join(path.trim_start_matches('/')).map_err(|e| ArmError::Config(format!("{path}: {e}")))?;
+        let mut url =
+            self.base.join(path.trim_start_matches('/')).map_err(|e| ArmError::Config(format!("{path}: {e}")))?;
         url.query_pairs_mut().append_pair("api-version", api);
         Ok(url)
     }
@@ -228,9 +251,16 @@ impl Arm {
     /// A polling URL from Azure must point at the same Resource Manager: the
     /// bearer token is attached to whatever URL is given.
     fn same_host(&self, link: &str, what: &str) -> ArmResult<Url> {
-        let url = Url::parse(link).map_err(|e| ArmError::Shape { what: what.into(), message: format!("bad URL {link}: {e}") })?;
-        if url.host_str() != self.base.host_str() || url.port_or_known_default() != self.base.port_or_known_default() || url.scheme() != "https" {
-            return Err(ArmError::Shape { what: what.into(), message: format!("Azure sent a URL on another host: {link}") });
+        let url = Url::parse(link)
+            .map_err(|e| ArmError::Shape { what: what.into(), message: format!("bad URL {link}: {e}") })?;
+        if url.host_str() != self.base.host_str()
+            || url.port_or_known_default() != self.base.port_or_known_default()
+            || url.scheme() != "https"
+        {
+            return Err(ArmError::Shape {
+                what: what.into(),
+                message: format!("Azure sent a URL on another host: {link}"),
+            });
         }
         Ok(url)
     }
@@ -254,7 +284,10 @@ impl Arm {
                     "Succeeded" => return Ok(Answer { request_id: first.request_id, ..poll }),
                     s @ ("Failed" | "Canceled" | "Cancelled") => {
                         let detail = poll.body["error"]["message"].as_str().unwrap_or("").to_string();
-                        return Err(ArmError::Operation { what: what.into(), status: format!("{s} {detail}").trim().into() });
+                        return Err(ArmError::Operation {
+                            what: what.into(),
+                            status: format!("{s} {detail}").trim().into(),
+                        });
                     }
                     _ => {}
                 }
@@ -274,18 +307,27 @@ fn retry_after(headers: &Headers) -> Option<Duration> {
     header(headers, "retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(|s| Duration::from_secs(s.min(30)))
 }
 
-fn credentials(config: &AzureConfig, options: &dyn Fn() -> ClientOptions) -> ArmResult<Vec<(&'static str, Arc<dyn TokenCredential>)>> {
+fn credentials(
+    config: &AzureConfig,
+    options: &dyn Fn() -> ClientOptions,
+) -> ArmResult<Vec<(&'static str, Arc<dyn TokenCredential>)>> {
     use azure_identity::*;
     let cred = |e: azure_core::Error| ArmError::Config(format!("Azure credential: {e}"));
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut chain: Vec<(&'static str, Arc<dyn TokenCredential>)> = Vec::new();
     if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
-        let o = WorkloadIdentityCredentialOptions { credential_options: ClientAssertionCredentialOptions { client_options: options() }, ..Default::default() };
+        let o = WorkloadIdentityCredentialOptions {
+            credential_options: ClientAssertionCredentialOptions { client_options: options() },
+            ..Default::default()
+        };
         chain.push(("workload identity", WorkloadIdentityCredential::new(Some(o)).map_err(cred)?));
     }
     let secret = match (&config.client_secret_file, env("AZURE_CLIENT_SECRET")) {
         (Some(path), _) => Some(Secret::new(
-            std::fs::read_to_string(path).map_err(|e| ArmError::Config(format!("azure.client_secret_file {}: {e}", path.display())))?.trim().to_string(),
+            std::fs::read_to_string(path)
+                .map_err(|e| ArmError::Config(format!("azure.client_secret_file {}: {e}", path.display())))?
+                .trim()
+                .to_string(),
         )),
         (None, Some(s)) => Some(Secret::new(s)),
         _ => None,
@@ -294,7 +336,13 @@ fn credentials(config: &AzureConfig, options: &dyn Fn() -> ClientOptions) -> Arm
     let client = config.client_id.clone().or_else(|| env("AZURE_CLIENT_ID"));
     if let (Some(secret), Some(tenant), Some(client)) = (secret, tenant, client) {
         let o = ClientSecretCredentialOptions { client_options: options() };
-        let c = ClientSecretCredential::new(&tenant, client, azure_core::credentials::Secret::new(secret.expose().clone()), Some(o)).map_err(cred)?;
+        let c = ClientSecretCredential::new(
+            &tenant,
+            client,
+            azure_core::credentials::Secret::new(secret.expose().clone()),
+            Some(o),
+        )
+        .map_err(cred)?;
         chain.push(("client secret", c));
     }
     if config.managed_identity {

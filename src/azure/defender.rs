@@ -37,16 +37,20 @@ impl PortOpener for DefenderJit {
         "azure-defender-jit"
     }
 
-    fn open<'a>(&'a self, _target: &'a TargetConfig, request: &'a OpenRequest) -> BoxFuture<'a, Result<Opening, PortError>> {
+    fn open<'a>(
+        &'a self,
+        _target: &'a TargetConfig,
+        request: &'a OpenRequest,
+    ) -> BoxFuture<'a, Result<Opening, PortError>> {
         Box::pin(async move {
-            let net = self
-                .inventory
-                .network(&request.target)
-                .await
-                .ok_or_else(|| PortError::Backend(format!("the gateway does not know {}'s Azure VM yet", request.target)))?;
-            let id = parse_id(&net.vm_id).ok_or_else(|| PortError::Backend(format!("not a VM resource ID: {}", net.vm_id)))?;
+            let net = self.inventory.network(&request.target).await.ok_or_else(|| {
+                PortError::Backend(format!("the gateway does not know {}'s Azure VM yet", request.target))
+            })?;
+            let id = parse_id(&net.vm_id)
+                .ok_or_else(|| PortError::Backend(format!("not a VM resource ID: {}", net.vm_id)))?;
             // Defender's ascLocation is the short region name: "West US" -> "westus".
-            let location: String = net.location.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+            let location: String =
+                net.location.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
             let path = format!(
                 "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Security/locations/{location}/jitNetworkAccessPolicies/{}/initiate",
                 id.subscription, id.resource_group, self.policy
@@ -58,7 +62,8 @@ impl PortOpener for DefenderJit {
                 }],
                 "justification": format!("jit-gateway grant {} (lease {})", request.grant_id, request.lease_id),
             });
-            let answer = self.arm.post(&path, arm::SECURITY_API, &body).await.map_err(|e| PortError::Backend(e.to_string()))?;
+            let answer =
+                self.arm.post(&path, arm::SECURITY_API, &body).await.map_err(|e| PortError::Backend(e.to_string()))?;
             Ok(request.opened(json!({"initiate": path, "request_id": answer.request_id, "end_time_utc": end_time(request.until_ms), "source": self.gateway_ip})))
         })
     }

@@ -156,7 +156,10 @@ pub struct ResourceId<'a> {
 
 pub fn parse_id(id: &str) -> Option<ResourceId<'_>> {
     let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
-    if parts.len() < 8 || !parts[0].eq_ignore_ascii_case("subscriptions") || !parts[2].eq_ignore_ascii_case("resourceGroups") {
+    if parts.len() < 8
+        || !parts[0].eq_ignore_ascii_case("subscriptions")
+        || !parts[2].eq_ignore_ascii_case("resourceGroups")
+    {
         return None;
     }
     Some(ResourceId { subscription: parts[1], resource_group: parts[3], name: parts[parts.len() - 1] })
@@ -190,15 +193,27 @@ pub async fn resolve_vm(arm: &Arm, vm_id: &str) -> Result<VmNetwork, ArmError> {
     let shape = |m: &str| ArmError::Shape { what: format!("GET {vm_id}"), message: m.into() };
     let vm = arm.get(vm_id, arm::COMPUTE_API).await?.ok_or_else(|| shape("the VM does not exist"))?;
     let nics = vm["properties"]["networkProfile"]["networkInterfaces"].as_array().cloned().unwrap_or_default();
-    let nic_ref = nics.iter().find(|n| n["properties"]["primary"].as_bool() == Some(true)).or(nics.first()).ok_or_else(|| shape("the VM has no network interface"))?;
+    let nic_ref = nics
+        .iter()
+        .find(|n| n["properties"]["primary"].as_bool() == Some(true))
+        .or(nics.first())
+        .ok_or_else(|| shape("the VM has no network interface"))?;
     let nic_id = text(&nic_ref["id"]).ok_or_else(|| shape("network interface without an ID"))?;
-    let nic = arm.get(&nic_id, arm::NETWORK_API).await?.ok_or_else(|| shape("the VM's network interface does not exist"))?;
+    let nic =
+        arm.get(&nic_id, arm::NETWORK_API).await?.ok_or_else(|| shape("the VM's network interface does not exist"))?;
     let configs = nic["properties"]["ipConfigurations"].as_array().cloned().unwrap_or_default();
-    let ip_config = configs.iter().find(|c| c["properties"]["primary"].as_bool() == Some(true)).or(configs.first()).ok_or_else(|| shape("the NIC has no IP configuration"))?;
+    let ip_config = configs
+        .iter()
+        .find(|c| c["properties"]["primary"].as_bool() == Some(true))
+        .or(configs.first())
+        .ok_or_else(|| shape("the NIC has no IP configuration"))?;
     let ip = text(&ip_config["properties"]["privateIPAddress"]).ok_or_else(|| shape("the NIC has no private IP"))?;
     let private_ip = ip.split('/').next().unwrap_or(&ip).to_string();
     let subnet_nsg = match text(&ip_config["properties"]["subnet"]["id"]) {
-        Some(subnet_id) => arm.get(&subnet_id, arm::NETWORK_API).await?.and_then(|s| text(&s["properties"]["networkSecurityGroup"]["id"])),
+        Some(subnet_id) => arm
+            .get(&subnet_id, arm::NETWORK_API)
+            .await?
+            .and_then(|s| text(&s["properties"]["networkSecurityGroup"]["id"])),
         None => None,
     };
     Ok(VmNetwork {
@@ -214,7 +229,9 @@ pub async fn resolve_vm(arm: &Arm, vm_id: &str) -> Result<VmNetwork, ArmError> {
 /// VMs carrying the tag, as (target name, VM ID).
 pub async fn discover(arm: &Arm, d: &Discover) -> Result<Vec<(String, String)>, ArmError> {
     let path = match &d.resource_group {
-        Some(rg) => format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines", d.subscription),
+        Some(rg) => {
+            format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines", d.subscription)
+        }
         None => format!("/subscriptions/{}/providers/Microsoft.Compute/virtualMachines", d.subscription),
     };
     let (key, value) = d.tag.split_once('=').unwrap_or((&d.tag, ""));
@@ -229,10 +246,22 @@ pub async fn discover(arm: &Arm, d: &Discover) -> Result<Vec<(String, String)>, 
 
 /// The gateway's own private IP from the instance metadata service (only when configured).
 pub async fn imds_private_ip() -> Result<String, String> {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let client =
+        reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
     let url = "http://169.254.169.254/metadata/instance/network/interface/0/ipv4/ipAddress/0/privateIpAddress?api-version=2021-02-01&format=text";
-    let ip = client.get(url).header("Metadata", "true").send().await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
-    ip.trim().parse::<IpAddr>().map(|_| ip.trim().to_string()).map_err(|_| format!("the metadata service answered `{}`", ip.trim()))
+    let ip = client
+        .get(url)
+        .header("Metadata", "true")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    ip.trim()
+        .parse::<IpAddr>()
+        .map(|_| ip.trim().to_string())
+        .map_err(|_| format!("the metadata service answered `{}`", ip.trim()))
 }
 
 /// Targets as the gateway currently knows them: the configuration, with
@@ -265,7 +294,12 @@ impl Inventory {
 
     /// Resolves every Azure target (and discovers tagged VMs). Targets whose
     /// resolution fails keep what was known before.
-    pub async fn refresh(&self, arm: &Arm, configured: &BTreeMap<String, TargetConfig>, discover: &[Discover]) -> Vec<String> {
+    pub async fn refresh(
+        &self,
+        arm: &Arm,
+        configured: &BTreeMap<String, TargetConfig>,
+        discover: &[Discover],
+    ) -> Vec<String> {
         let mut problems = Vec::new();
         let mut wanted: BTreeMap<String, TargetConfig> = configured.clone();
         for d in discover {
@@ -300,9 +334,10 @@ impl Inventory {
                 Err(e) => {
                     problems.push(format!("{name}: {e}"));
                     if target.address.is_empty()
-                        && let Some(before) = known.get(name) {
-                            target.address = before.address.clone();
-                        }
+                        && let Some(before) = known.get(name)
+                    {
+                        target.address = before.address.clone();
+                    }
                 }
             }
         }

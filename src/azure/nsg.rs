@@ -60,14 +60,22 @@ impl NsgRules {
     }
 
     /// Puts one rule on one NSG with the lowest free priority.
-    async fn put_rule(&self, nsg: &str, name: &str, net: &VmNetwork, port: u16, until: &str) -> Result<Value, PortError> {
+    async fn put_rule(
+        &self,
+        nsg: &str,
+        name: &str,
+        net: &VmNetwork,
+        port: u16,
+        until: &str,
+    ) -> Result<Value, PortError> {
         let lock = self.lock(nsg).await;
         let _held = lock.lock().await;
-        let used: HashSet<u64> = self.rules(nsg).await?.iter().filter_map(|r| r["properties"]["priority"].as_u64()).collect();
+        let used: HashSet<u64> =
+            self.rules(nsg).await?.iter().filter_map(|r| r["properties"]["priority"].as_u64()).collect();
         let [low, high] = self.priorities;
-        let priority = (low..=high)
-            .find(|p| !used.contains(&u64::from(*p)))
-            .ok_or_else(|| PortError::Backend(format!("no free priority in {low}..{high} on {nsg} (azure.priority_range)")))?;
+        let priority = (low..=high).find(|p| !used.contains(&u64::from(*p))).ok_or_else(|| {
+            PortError::Backend(format!("no free priority in {low}..{high} on {nsg} (azure.priority_range)"))
+        })?;
         let body = json!({"properties": {
             "description": format!("jit-gateway opening until {until}"),
             "protocol": "Tcp",
@@ -89,7 +97,11 @@ impl PortOpener for NsgRules {
         "azure-nsg"
     }
 
-    fn open<'a>(&'a self, _target: &'a TargetConfig, request: &'a OpenRequest) -> BoxFuture<'a, Result<Opening, PortError>> {
+    fn open<'a>(
+        &'a self,
+        _target: &'a TargetConfig,
+        request: &'a OpenRequest,
+    ) -> BoxFuture<'a, Result<Opening, PortError>> {
         Box::pin(async move {
             let net = self.network(&request.target).await?;
             let nsgs = net.nsgs();
@@ -122,7 +134,12 @@ impl PortOpener for NsgRules {
             let mut ids = Vec::new();
             let name = format!("{RULE_PREFIX}{}", opening.lease_id);
             // The rules recorded, and any the NSGs of the target carry under this name (a crash mid-open).
-            let mut nsgs: Vec<String> = opening.detail["rules"].as_array().into_iter().flatten().filter_map(|r| r["nsg"].as_str().map(str::to_string)).collect();
+            let mut nsgs: Vec<String> = opening.detail["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["nsg"].as_str().map(str::to_string))
+                .collect();
             if let Some(net) = self.inventory.network(&opening.target).await {
                 nsgs.extend(net.nsgs());
             }
@@ -165,7 +182,9 @@ impl PortOpener for NsgRules {
                     let lock = self.lock(nsg).await;
                     let _held = lock.lock().await;
                     match self.arm.delete(&rule_id(nsg, name), arm::NETWORK_API).await {
-                        Ok(a) => actions.push(format!("removed orphan rule {name} from {nsg} (request {})", a.request_id)),
+                        Ok(a) => {
+                            actions.push(format!("removed orphan rule {name} from {nsg} (request {})", a.request_id))
+                        }
                         Err(e) => actions.push(format!("could not remove orphan rule {name} from {nsg}: {e}")),
                     }
                 }
@@ -179,7 +198,10 @@ impl PortOpener for NsgRules {
                     }
                     let until = crate::clock::format_ms(lease.until_ms);
                     match self.put_rule(&nsg, &name, net, lease.port, &until).await {
-                        Ok(r) => actions.push(format!("re-created missing rule {name} on {nsg} (request {})", r["request_id"].as_str().unwrap_or(""))),
+                        Ok(r) => actions.push(format!(
+                            "re-created missing rule {name} on {nsg} (request {})",
+                            r["request_id"].as_str().unwrap_or("")
+                        )),
                         Err(e) => actions.push(format!("could not re-create rule {name} on {nsg}: {e}")),
                     }
                 }
@@ -226,7 +248,11 @@ pub async fn check_nsg(arm: &Arm, nsg: &str, port: u16, priorities: [u16; 2]) ->
             _ => vec![p["destinationPortRange"].as_str().unwrap_or("").to_string()],
         };
         let priority = p["priority"].as_u64().unwrap_or(0);
-        if p["direction"] == "Inbound" && p["access"] == "Deny" && priority > u64::from(priorities[1]) && ranges.iter().any(|r| covers_port(r, port)) {
+        if p["direction"] == "Inbound"
+            && p["access"] == "Deny"
+            && priority > u64::from(priorities[1])
+            && ranges.iter().any(|r| covers_port(r, port))
+        {
             deny_below.get_or_insert_with(|| format!("{name} (priority {priority})"));
         }
     }

@@ -80,7 +80,11 @@ impl Opening {
 
 pub trait PortOpener: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
-    fn open<'a>(&'a self, target: &'a TargetConfig, request: &'a OpenRequest) -> BoxFuture<'a, Result<Opening, PortError>>;
+    fn open<'a>(
+        &'a self,
+        target: &'a TargetConfig,
+        request: &'a OpenRequest,
+    ) -> BoxFuture<'a, Result<Opening, PortError>>;
     /// Closes an opening; returns the backend's request IDs for the audit log.
     fn close<'a>(&'a self, opening: &'a Opening) -> BoxFuture<'a, Result<Vec<String>, PortError>>;
     /// Removes what no live lease explains, restores what live leases lost.
@@ -97,7 +101,11 @@ impl PortOpener for NoneOpener {
         "none"
     }
 
-    fn open<'a>(&'a self, _target: &'a TargetConfig, request: &'a OpenRequest) -> BoxFuture<'a, Result<Opening, PortError>> {
+    fn open<'a>(
+        &'a self,
+        _target: &'a TargetConfig,
+        request: &'a OpenRequest,
+    ) -> BoxFuture<'a, Result<Opening, PortError>> {
         let opening = request.opened(serde_json::Value::Null);
         Box::pin(async move { Ok(opening) })
     }
@@ -143,7 +151,14 @@ fn key(grant_id: &str, target: &str) -> String {
 
 impl Openings {
     pub fn new(opener: Arc<dyn PortOpener>, store: SharedStore, clock: SharedClock, linger: Duration) -> Arc<Openings> {
-        Arc::new_cyclic(|me| Openings { opener, store, clock, linger, slots: Mutex::new(HashMap::new()), me: me.clone() })
+        Arc::new_cyclic(|me| Openings {
+            opener,
+            store,
+            clock,
+            linger,
+            slots: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        })
     }
 
     pub fn kind(&self) -> &'static str {
@@ -168,7 +183,14 @@ impl Openings {
 
     /// Makes sure `target`'s port is open for this grant and counts one more
     /// session on it. Returns once it is open (or why it cannot be).
-    pub async fn ensure(&self, grant_id: &str, name: &str, target: &TargetConfig, port: u16, until_ms: i64) -> Result<SessionHold, PortError> {
+    pub async fn ensure(
+        &self,
+        grant_id: &str,
+        name: &str,
+        target: &TargetConfig,
+        port: u16,
+        until_ms: i64,
+    ) -> Result<SessionHold, PortError> {
         let k = key(grant_id, name);
         let hold = SessionHold { openings: self.me.clone(), key: k.clone() };
         let slot = self.slot(&k).await;
@@ -214,7 +236,8 @@ impl Openings {
         // The lease first: if the gateway dies during the cloud call, reconcile knows what to undo.
         let stored = lease.clone();
         blocking(&self.store, move |s| s.upsert_lease(&stored)).await.map_err(|e| PortError::Backend(e.to_string()))?;
-        let request = OpenRequest { lease_id: lease.id.clone(), grant_id: grant_id.into(), target: name.into(), port, until_ms };
+        let request =
+            OpenRequest { lease_id: lease.id.clone(), grant_id: grant_id.into(), target: name.into(), port, until_ms };
         match self.opener.open(target, &request).await {
             Ok(opening) => {
                 lease.opened_ms = Some(self.clock.now_ms());
@@ -230,7 +253,12 @@ impl Openings {
                 Ok(hold)
             }
             Err(e) => {
-                self.audit("port.open-failed", name, serde_json::json!({"lease": lease.id, "grant": grant_id, "error": e.to_string()})).await;
+                self.audit(
+                    "port.open-failed",
+                    name,
+                    serde_json::json!({"lease": lease.id, "grant": grant_id, "error": e.to_string()}),
+                )
+                .await;
                 // Whatever the backend may have created stays covered by the lease until
                 // closing it succeeds (now or at reconcile).
                 let opening = Opening::from_lease(&lease);
@@ -286,7 +314,8 @@ impl Openings {
 
     /// Closes what a grant opened (it ended or was revoked).
     pub async fn release_grant(&self, grant_id: &str) {
-        let keys: Vec<String> = self.slots.lock().await.keys().filter(|k| k.starts_with(&format!("{grant_id}/"))).cloned().collect();
+        let keys: Vec<String> =
+            self.slots.lock().await.keys().filter(|k| k.starts_with(&format!("{grant_id}/"))).cloned().collect();
         for k in keys {
             let slot = self.slot(&k).await;
             let mut slot = slot.lock().await;
@@ -302,7 +331,9 @@ impl Openings {
             let slot = self.slot(&k).await;
             let mut slot = slot.lock().await;
             let due = slot.sessions == 0
-                && slot.lease.as_ref().is_some_and(|l| l.until_ms <= now || l.idle_since_ms.is_some_and(|t| t + self.linger.as_millis() as i64 <= now));
+                && slot.lease.as_ref().is_some_and(|l| {
+                    l.until_ms <= now || l.idle_since_ms.is_some_and(|t| t + self.linger.as_millis() as i64 <= now)
+                });
             if due {
                 self.close_slot(&mut slot, "no session used it for the linger time").await;
             }
@@ -325,7 +356,11 @@ impl Openings {
                 continue;
             }
             let gid = lease.grant_id.clone();
-            let grant_live = blocking(&self.store, move |s| s.grant(&gid)).await.ok().flatten().is_some_and(|g| g.status(now) == GrantStatus::Live);
+            let grant_live = blocking(&self.store, move |s| s.grant(&gid))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|g| g.status(now) == GrantStatus::Live);
             lease.idle_since_ms.get_or_insert(now);
             slot.lease = Some(lease);
             slot.sessions = 0;

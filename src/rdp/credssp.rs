@@ -20,7 +20,10 @@ const MAX_TS_REQUEST: usize = 64 << 10;
 fn public_key(cert_der: &[u8]) -> Result<Vec<u8>, String> {
     let cert = x509_cert::Certificate::from_der(cert_der).map_err(|e| format!("the target's certificate: {e}"))?;
     let spki = cert.tbs_certificate().subject_public_key_info();
-    spki.subject_public_key.as_bytes().map(<[u8]>::to_vec).ok_or_else(|| "the target's public key is not byte-aligned".into())
+    spki.subject_public_key
+        .as_bytes()
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "the target's public key is not byte-aligned".into())
 }
 
 pub async fn authenticate(
@@ -34,9 +37,11 @@ pub async fn authenticate(
     let key = public_key(&cert)?;
     let protocol = if hybrid_ex { SecurityProtocol::HYBRID_EX } else { SecurityProtocol::HYBRID };
     let domain = (!credential.domain.is_empty()).then_some(credential.domain.as_str());
-    let credentials = Credentials::UsernamePassword { username: credential.username.clone(), password: password.expose().clone() };
+    let credentials =
+        Credentials::UsernamePassword { username: credential.username.clone(), password: password.expose().clone() };
     let (mut sequence, mut request) =
-        CredsspSequence::init(credentials, domain, protocol, ServerName::new(host), key, None).map_err(|e| format!("NLA: {e}"))?;
+        CredsspSequence::init(credentials, domain, protocol, ServerName::new(host), key, None)
+            .map_err(|e| format!("NLA: {e}"))?;
     let mut out = WriteBuf::new();
     let mut rx: Vec<u8> = Vec::new();
     loop {
@@ -52,7 +57,8 @@ pub async fn authenticate(
         }
         let Some(hint) = sequence.next_pdu_hint() else { return Ok(()) };
         let pdu = loop {
-            if let Some((_, len)) = hint.find_size(&rx).map_err(|e| format!("NLA: malformed message from the target: {e}"))?
+            if let Some((_, len)) =
+                hint.find_size(&rx).map_err(|e| format!("NLA: malformed message from the target: {e}"))?
                 && rx.len() >= len
             {
                 break rx.drain(..len).collect::<Vec<u8>>();

@@ -126,7 +126,12 @@ struct Ready {
     _hold: crate::ports::SessionHold,
 }
 
-async fn connection(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, permit: tokio::sync::OwnedSemaphorePermit) {
+async fn connection(
+    gateway: Arc<Gateway>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let Some(config) = gateway.config.rdp.clone() else { return };
     // On a refusal the socket is dropped inside `handshake`: the client sees the connection close.
     let started = tokio::time::timeout(config.handshake_timeout, handshake(&gateway, socket)).await;
@@ -140,8 +145,15 @@ async fn connection(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, 
         Err((refused, claims)) => {
             tracing::info!(%peer, reason = %refused, "RDP connection refused");
             if refused.audited() {
-                let (actor, target) = claims.as_ref().map(|c| (c.user.clone(), Some(c.target.clone()))).unwrap_or(("unknown".into(), None));
-                let mut event = AuditEvent::new("rdp.refused", actor, serde_json::json!({"client": peer.ip().to_string(), "reason": refused.to_string()}));
+                let (actor, target) = claims
+                    .as_ref()
+                    .map(|c| (c.user.clone(), Some(c.target.clone())))
+                    .unwrap_or(("unknown".into(), None));
+                let mut event = AuditEvent::new(
+                    "rdp.refused",
+                    actor,
+                    serde_json::json!({"client": peer.ip().to_string(), "reason": refused.to_string()}),
+                );
                 if let Some(t) = target {
                     event = event.on(t);
                 }
@@ -197,7 +209,9 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
 
     // Single use: recorded before anything else happens with it.
     let (jti, until) = (claims.jti.clone(), claims.expires_ms);
-    let fresh = blocking(&gateway.store, move |s| s.use_ticket(&jti, until, now)).await.map_err(|e| fail(Refused::Internal(e.to_string())))?;
+    let fresh = blocking(&gateway.store, move |s| s.use_ticket(&jti, until, now))
+        .await
+        .map_err(|e| fail(Refused::Internal(e.to_string())))?;
     if !fresh {
         return Err(fail(Refused::Replayed));
     }
@@ -206,8 +220,15 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
         .await
         .map_err(|e| fail(Refused::Internal(e.to_string())))?
         .ok_or_else(|| fail(Refused::Denied(format!("grant {} no longer exists", claims.grant))))?;
-    let permit = crate::access::check_login(std::slice::from_ref(&grant), &claims.user, &claims.target, Protocol::Rdp, &claims.login, now)
-        .map_err(|d| fail(Refused::Denied(d.to_string())))?;
+    let permit = crate::access::check_login(
+        std::slice::from_ref(&grant),
+        &claims.user,
+        &claims.target,
+        Protocol::Rdp,
+        &claims.login,
+        now,
+    )
+    .map_err(|d| fail(Refused::Denied(d.to_string())))?;
     let target_config = gateway
         .inventory
         .get(&claims.target)
@@ -220,7 +241,11 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
     let request_frame = read_pdu(&mut tcp, &mut buf, take_frame).await.map_err(fail)?;
     let request = wire::parse_connection_request(&request_frame).map_err(|e| fail(e.into()))?;
     if request.requested_protocols & PROTOCOL_SSL == 0 {
-        let _ = tcp.write_all(&wire::encode_connection_confirm(ConnectionConfirm::Failure { code: wire::SSL_REQUIRED_BY_SERVER })).await;
+        let _ = tcp
+            .write_all(&wire::encode_connection_confirm(ConnectionConfirm::Failure {
+                code: wire::SSL_REQUIRED_BY_SERVER,
+            }))
+            .await;
         return Err(fail(Refused::Client("does not offer TLS (standard RDP security is not supported)".into())));
     }
     if !buf.is_empty() {
@@ -246,17 +271,30 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
         None => None,
     };
     let offer = if credential.is_some() { PROTOCOL_SSL | PROTOCOL_HYBRID | PROTOCOL_HYBRID_EX } else { PROTOCOL_SSL };
-    upstream.write_all(&wire::encode_connection_request(&claims.login, offer)).await.map_err(|e| target_err(e.to_string()))?;
+    upstream
+        .write_all(&wire::encode_connection_request(&claims.login, offer))
+        .await
+        .map_err(|e| target_err(e.to_string()))?;
     let mut ubuf = Vec::new();
     let confirm_frame = read_pdu(&mut upstream, &mut ubuf, take_frame).await.map_err(|e| target_err(e.to_string()))?;
     let confirm = wire::parse_connection_confirm(&confirm_frame).map_err(|e| target_err(e.to_string()))?;
     let (selected, flags) = match confirm {
-        ConnectionConfirm::Selected { protocol, flags } if matches!(protocol, PROTOCOL_SSL | PROTOCOL_HYBRID | PROTOCOL_HYBRID_EX) => (protocol, flags),
-        ConnectionConfirm::Selected { protocol, .. } => return Err(target_err(format!("chose security protocol {protocol}, which the gateway cannot record (TLS or NLA needed)"))),
+        ConnectionConfirm::Selected { protocol, flags }
+            if matches!(protocol, PROTOCOL_SSL | PROTOCOL_HYBRID | PROTOCOL_HYBRID_EX) =>
+        {
+            (protocol, flags)
+        }
+        ConnectionConfirm::Selected { protocol, .. } => {
+            return Err(target_err(format!(
+                "chose security protocol {protocol}, which the gateway cannot record (TLS or NLA needed)"
+            )));
+        }
         ConnectionConfirm::Failure { code } if code == wire::HYBRID_REQUIRED_BY_SERVER => {
             return Err(target_err("requires NLA: configure targets.<name>.rdp_credential".into()));
         }
-        ConnectionConfirm::Failure { code } => return Err(target_err(format!("refused the negotiation (code {code})"))),
+        ConnectionConfirm::Failure { code } => {
+            return Err(target_err(format!("refused the negotiation (code {code})")));
+        }
     };
 
     // Target side first: its certificate is checked before the client gets anything.
@@ -265,13 +303,18 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
         let (Some(credential), Some(password)) = (credential.as_ref(), password.as_ref()) else {
             return Err(target_err("chose NLA but no credential is configured".into()));
         };
-        credssp::authenticate(&mut target_tls, credential, password, &target_config.address, selected == PROTOCOL_HYBRID_EX)
-            .await
-            .map_err(target_err)?;
+        credssp::authenticate(
+            &mut target_tls,
+            credential,
+            password,
+            &target_config.address,
+            selected == PROTOCOL_HYBRID_EX,
+        )
+        .await
+        .map_err(target_err)?;
     }
 
-    tcp
-        .write_all(&wire::encode_connection_confirm(ConnectionConfirm::Selected { protocol: PROTOCOL_SSL, flags }))
+    tcp.write_all(&wire::encode_connection_confirm(ConnectionConfirm::Selected { protocol: PROTOCOL_SSL, flags }))
         .await
         .map_err(|e| fail(Refused::Client(e.to_string())))?;
     let client_tls = gateway.rdp_tls.as_ref().ok_or_else(|| fail(Refused::Internal("RDP TLS is not loaded".into())))?;
@@ -294,7 +337,8 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
 }
 
 async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: SocketAddr) {
-    let Ready { client, target, claims, target_config, client_requested, target_selected, password, allow, _hold } = ready;
+    let Ready { client, target, claims, target_config, client_requested, target_selected, password, allow, _hold } =
+        ready;
     let session_id = crate::ids::new_id("s");
     let now = gateway.clock.now_ms();
     let end = EndSignal::new();
@@ -470,17 +514,25 @@ pub enum TicketRefused {
 
 /// Issues a ticket for `user` to reach `target` over RDP as `login` (default:
 /// the first login the grant allows), after checking a live RDP grant.
-pub async fn issue_ticket(gateway: &Gateway, user: &str, target: &str, login: Option<&str>) -> Result<IssuedTicket, TicketRefused> {
+pub async fn issue_ticket(
+    gateway: &Gateway,
+    user: &str,
+    target: &str,
+    login: Option<&str>,
+) -> Result<IssuedTicket, TicketRefused> {
     let (Some(config), Some(address)) = (gateway.config.rdp.as_ref(), gateway.config.public_rdp_address()) else {
         return Err(TicketRefused::RdpOff);
     };
-    let target_config =
-        gateway.inventory.get(target).ok_or_else(|| crate::access::Denied::UnknownTarget { host: target.chars().take(80).collect() })?;
+    let target_config = gateway
+        .inventory
+        .get(target)
+        .ok_or_else(|| crate::access::Denied::UnknownTarget { host: target.chars().take(80).collect() })?;
     if target_config.rdp_port.is_none() {
         return Err(TicketRefused::NotRdp(target.into()));
     }
     let owner = user.to_string();
-    let grants = blocking(&gateway.store, move |s| s.grants_for_user(&owner)).await.map_err(|_| TicketRefused::Store)?;
+    let grants =
+        blocking(&gateway.store, move |s| s.grants_for_user(&owner)).await.map_err(|_| TicketRefused::Store)?;
     let now = gateway.clock.now_ms();
     let login = match login {
         Some(l) => l.to_string(),
@@ -504,8 +556,12 @@ pub async fn issue_ticket(gateway: &Gateway, user: &str, target: &str, login: Op
     let token = ticket::mint(gateway.keys.token_key(), &claims);
     gateway
         .audit(
-            AuditEvent::new("rdp.ticket.issued", user.to_string(), serde_json::json!({"ticket": claims.jti, "grant": claims.grant, "login": login}))
-                .on(target.to_string()),
+            AuditEvent::new(
+                "rdp.ticket.issued",
+                user.to_string(),
+                serde_json::json!({"ticket": claims.jti, "grant": claims.grant, "login": login}),
+            )
+            .on(target.to_string()),
         )
         .await;
     Ok(IssuedTicket {

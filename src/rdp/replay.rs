@@ -63,7 +63,12 @@ impl Renderer {
                 && let Ok(response) = decode::<ConnectResponse>(data.data.as_ref())
             {
                 self.io_channel = response.global_channel_id();
-                self.message_channel = response.conference_create_response.gcc_blocks().message_channel.as_ref().map(|m| m.mcs_message_channel_id);
+                self.message_channel = response
+                    .conference_create_response
+                    .gcc_blocks()
+                    .message_channel
+                    .as_ref()
+                    .map(|m| m.mcs_message_channel_id);
                 return Some(0);
             }
             if let Ok(X224(McsMessage::AttachUserConfirm(c))) = decode::<X224<McsMessage<'_>>>(frame) {

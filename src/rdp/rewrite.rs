@@ -47,7 +47,10 @@ pub struct Allowances {
 impl Allowances {
     /// From a grant's `rdp_redirect` list.
     pub fn from_grant(allowed: &[String]) -> Allowances {
-        Allowances { clipboard: allowed.iter().any(|a| a == "clipboard"), drives: allowed.iter().any(|a| a == "drives") }
+        Allowances {
+            clipboard: allowed.iter().any(|a| a == "clipboard"),
+            drives: allowed.iter().any(|a| a == "drives"),
+        }
     }
 
     fn blocks(&self, channel: &str) -> bool {
@@ -86,7 +89,12 @@ fn protocol(bits: u32) -> SecurityProtocol {
 }
 
 /// Rewrites the MCS Connect-Initial. Returns the new frame and an audit record of the channel decisions.
-pub fn connect_initial(frame: &[u8], target_selected: u32, allow: Allowances, blocked: &SharedBlocked) -> Result<(Vec<u8>, serde_json::Value), String> {
+pub fn connect_initial(
+    frame: &[u8],
+    target_selected: u32,
+    allow: Allowances,
+    blocked: &SharedBlocked,
+) -> Result<(Vec<u8>, serde_json::Value), String> {
     let err = |e: &dyn std::fmt::Display| format!("cannot read the client's MCS Connect-Initial: {e}");
     let payload = decode::<X224<X224Data<'_>>>(frame).map_err(|e| err(&e))?.0.data;
     let mut ci: ConnectInitial = decode(payload.as_ref()).map_err(|e| err(&e))?;
@@ -155,7 +163,10 @@ pub fn connect_response(frame: &[u8], client_requested: u32, blocked: &SharedBlo
 type ClientInfoFrames = (Vec<u8>, Vec<u8>);
 
 /// The Client Info PDU, if `frame` is one.
-pub fn client_info(frame: &[u8], credential: Option<(&RdpCredential, &str)>) -> Option<Result<ClientInfoFrames, String>> {
+pub fn client_info(
+    frame: &[u8],
+    credential: Option<(&RdpCredential, &str)>,
+) -> Option<Result<ClientInfoFrames, String>> {
     let X224(McsMessage::SendDataRequest(req)) = decode::<X224<McsMessage<'_>>>(frame).ok()? else { return None };
     let data: &[u8] = req.user_data.as_ref();
     if data.len() < 4 {
@@ -178,8 +189,12 @@ pub fn client_info(frame: &[u8], credential: Option<(&RdpCredential, &str)>) -> 
     info.compression_type = CompressionType::K8;
     let encode = |pdu: &ClientInfoPdu| -> Result<Vec<u8>, String> {
         let user_data = encode_vec(pdu).map_err(|e| format!("cannot encode the Client Info PDU: {e}"))?;
-        encode_vec(&X224(SendDataRequest { initiator_id: req.initiator_id, channel_id: req.channel_id, user_data: Cow::Owned(user_data) }))
-            .map_err(|e| format!("cannot encode the Client Info PDU: {e}"))
+        encode_vec(&X224(SendDataRequest {
+            initiator_id: req.initiator_id,
+            channel_id: req.channel_id,
+            user_data: Cow::Owned(user_data),
+        }))
+        .map_err(|e| format!("cannot encode the Client Info PDU: {e}"))
     };
     let sent = match encode(&pdu) {
         Ok(f) => f,
@@ -208,7 +223,12 @@ pub fn confirm_active(frame: &[u8]) -> Option<Vec<u8>> {
         }
     }
     let user_data = encode_vec(&header).ok()?;
-    encode_vec(&X224(SendDataRequest { initiator_id: req.initiator_id, channel_id: req.channel_id, user_data: Cow::Owned(user_data) })).ok()
+    encode_vec(&X224(SendDataRequest {
+        initiator_id: req.initiator_id,
+        channel_id: req.channel_id,
+        user_data: Cow::Owned(user_data),
+    }))
+    .ok()
 }
 
 /// The MCS channel of a TPKT data frame (either direction).
@@ -244,7 +264,11 @@ impl Framer {
             self.buf.reserve(16 << 10);
             let n = r.read_buf(&mut self.buf).await.map_err(|e| format!("{} connection failed: {e}", self.side))?;
             if n == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(format!("{} closed the connection mid-PDU", self.side)) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(format!("{} closed the connection mid-PDU", self.side))
+                };
             }
         }
     }
@@ -257,7 +281,13 @@ enum Phase {
     Active,
 }
 
-pub async fn client_to_target<R, W>(mut r: R, mut w: W, up: Upstream, recorder: Option<Arc<Recorder>>, blocked: SharedBlocked) -> Result<(), String>
+pub async fn client_to_target<R, W>(
+    mut r: R,
+    mut w: W,
+    up: Upstream,
+    recorder: Option<Arc<Recorder>>,
+    blocked: SharedBlocked,
+) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -312,7 +342,13 @@ where
     Ok(())
 }
 
-pub async fn target_to_client<R, W>(mut r: R, mut w: W, client_requested: u32, recorder: Option<Arc<Recorder>>, blocked: SharedBlocked) -> Result<(), String>
+pub async fn target_to_client<R, W>(
+    mut r: R,
+    mut w: W,
+    client_requested: u32,
+    recorder: Option<Arc<Recorder>>,
+    blocked: SharedBlocked,
+) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

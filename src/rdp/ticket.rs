@@ -110,7 +110,8 @@ mod tests {
         let t = mint(b"secret", &claims(1000));
         assert_eq!(verify(b"other", &t, 0), Err(TicketError::BadSignature));
         let mut parts: Vec<&str> = t.split('.').collect();
-        let forged = BASE64URL_NOPAD.encode(&serde_json::to_vec(&Claims { target: "vm9".into(), ..claims(1000) }).unwrap());
+        let forged =
+            BASE64URL_NOPAD.encode(&serde_json::to_vec(&Claims { target: "vm9".into(), ..claims(1000) }).unwrap());
         parts[1] = &forged;
         assert_eq!(verify(b"secret", &parts.join("."), 0), Err(TicketError::BadSignature));
         assert_eq!(verify(b"secret", "hello", 0), Err(TicketError::Malformed));

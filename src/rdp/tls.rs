@@ -36,7 +36,11 @@ pub struct ClientSide {
 }
 
 impl ClientSide {
-    pub fn load(config: &crate::config::Config, rdp: &RdpConfig, keys: &crate::keys::KeyMaterial) -> Result<ClientSide, String> {
+    pub fn load(
+        config: &crate::config::Config,
+        rdp: &RdpConfig,
+        keys: &crate::keys::KeyMaterial,
+    ) -> Result<ClientSide, String> {
         let (cert_pem, key_pem) = match (&rdp.tls_cert, &rdp.tls_key) {
             (Some(c), Some(k)) => (
                 std::fs::read_to_string(c).map_err(|e| format!("{}: {e}", c.display()))?,
@@ -44,11 +48,17 @@ impl ClientSide {
             ),
             _ => crate::api::default_identity(config, keys).map_err(|e| e.to_string())?,
         };
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("RDP certificate: {e}"))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("RDP certificate: {e}"))?;
         let first = chain.first().ok_or("RDP certificate: the file holds no certificate")?;
         let hex = data_encoding::HEXLOWER.encode(digest(&SHA256, first.as_ref()).as_ref());
-        let fingerprint = hex.as_bytes().chunks(2).map(|pair| String::from_utf8_lossy(pair).into_owned()).collect::<Vec<_>>().join(":");
+        let fingerprint = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| String::from_utf8_lossy(pair).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
         let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|e| format!("RDP key: {e}"))?;
         let server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -93,11 +103,21 @@ impl ServerCertVerifier for PinVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -125,7 +145,11 @@ pub async fn connect(
     let stored = blocking(&gateway.store, move |s| s.pinned_host_key(&key)).await.map_err(|e| e.to_string())?;
     let recorded = stored.as_deref().and_then(super::parse_certificate_pin);
     let provider = provider();
-    let verifier = Arc::new(PinVerifier { expected: configured.or(recorded), seen: Mutex::new(None), provider: Arc::clone(&provider) });
+    let verifier = Arc::new(PinVerifier {
+        expected: configured.or(recorded),
+        seen: Mutex::new(None),
+        provider: Arc::clone(&provider),
+    });
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
@@ -134,7 +158,8 @@ pub async fn connect(
         .with_no_client_auth();
     // RDP servers do not resume sessions the way browsers do; keep it simple.
     client.resumption = rustls::client::Resumption::disabled();
-    let server_name = ServerName::try_from(target.address.clone()).map_err(|_| format!("`{}` is not a valid TLS server name", target.address))?;
+    let server_name = ServerName::try_from(target.address.clone())
+        .map_err(|_| format!("`{}` is not a valid TLS server name", target.address))?;
     let stream = TlsConnector::from(Arc::new(client))
         .connect(server_name, tcp)
         .await
@@ -146,7 +171,10 @@ pub async fn connect(
         blocking(&gateway.store, move |s| s.pin_host_key(&key, &value)).await.map_err(|e| e.to_string())?;
         tracing::info!(target = name, certificate = %pin, "recorded the target's RDP certificate on first use");
         gateway
-            .audit(AuditEvent::new("rdp.certificate.recorded", "jit-gateway", serde_json::json!({"certificate": pin})).on(name.to_string()))
+            .audit(
+                AuditEvent::new("rdp.certificate.recorded", "jit-gateway", serde_json::json!({"certificate": pin}))
+                    .on(name.to_string()),
+            )
             .await;
     }
     Ok(stream)

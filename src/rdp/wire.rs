@@ -22,7 +22,9 @@ pub const MAX_PCB: usize = 16 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("the client sent no pre-connection PDU (connect with the .rdp file or /pcb: ticket from `jit-gateway rdp`)")]
+    #[error(
+        "the client sent no pre-connection PDU (connect with the .rdp file or /pcb: ticket from `jit-gateway rdp`)"
+    )]
     NoPreconnection,
     #[error("malformed pre-connection PDU: {0}")]
     Preconnection(&'static str),
@@ -177,7 +179,8 @@ pub fn parse_connection_request(frame: &[u8]) -> Result<ConnectionRequest, WireE
     if rest.starts_with(b"Cookie: ") || rest.starts_with(b"Cookie:") {
         let end = rest.windows(2).position(|w| w == b"\r\n").ok_or(WireError::X224("cookie without CR LF"))?;
         let text = std::str::from_utf8(&rest[..end]).map_err(|_| WireError::X224("cookie is not text"))?;
-        cookie = Some(text.trim_start_matches("Cookie:").trim().trim_start_matches("mstshash=").chars().take(128).collect());
+        cookie =
+            Some(text.trim_start_matches("Cookie:").trim().trim_start_matches("mstshash=").chars().take(128).collect());
         rest = &rest[end + 2..];
     }
     let (mut requested_protocols, mut flags) = (PROTOCOL_RDP, 0);
@@ -211,7 +214,8 @@ fn tpkt_x224(code: u8, src_ref: u16, payload: &[u8]) -> Vec<u8> {
 
 /// The gateway's own Connection Request toward a target.
 pub fn encode_connection_request(cookie: &str, requested_protocols: u32) -> Vec<u8> {
-    let cookie: String = cookie.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')).take(64).collect();
+    let cookie: String =
+        cookie.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@')).take(64).collect();
     let mut payload = format!("Cookie: mstshash={cookie}\r\n").into_bytes();
     payload.extend_from_slice(&[0x01, 0x00, 0x08, 0x00]);
     payload.extend_from_slice(&requested_protocols.to_le_bytes());

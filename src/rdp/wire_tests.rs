@@ -40,7 +40,10 @@ fn connection_requests_and_confirms_round_trip() {
     assert_eq!(parsed.cookie.as_deref(), Some("admin"));
     assert_eq!(parsed.requested_protocols, PROTOCOL_SSL | PROTOCOL_HYBRID);
 
-    for confirm in [ConnectionConfirm::Selected { protocol: PROTOCOL_SSL, flags: 0x1f }, ConnectionConfirm::Failure { code: SSL_REQUIRED_BY_SERVER }] {
+    for confirm in [
+        ConnectionConfirm::Selected { protocol: PROTOCOL_SSL, flags: 0x1f },
+        ConnectionConfirm::Failure { code: SSL_REQUIRED_BY_SERVER },
+    ] {
         let frame = encode_connection_confirm(confirm);
         assert_eq!(parse_connection_confirm(&frame), Ok(confirm));
     }

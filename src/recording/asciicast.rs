@@ -122,7 +122,8 @@ pub enum ParseError {
 pub fn parse(text: &str) -> Result<(Header, Vec<Event>), ParseError> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, first) = lines.next().ok_or(ParseError::Empty)?;
-    let header: Header = serde_json::from_str(first).map_err(|e| ParseError::Line { line: 1, message: e.to_string() })?;
+    let header: Header =
+        serde_json::from_str(first).map_err(|e| ParseError::Line { line: 1, message: e.to_string() })?;
     if header.version != 2 {
         return Err(ParseError::Line { line: 1, message: format!("version {} is not 2", header.version) });
     }

@@ -38,7 +38,12 @@ pub trait Format: Send {
     fn finish(&mut self, ended_ms: i64, out: &mut Vec<u8>) -> Summary;
 }
 
-pub fn for_meta(meta: &RecordingMeta, record: &RecordingRecord, config: &RecordingConfig, now_ms: i64) -> Box<dyn Format> {
+pub fn for_meta(
+    meta: &RecordingMeta,
+    record: &RecordingRecord,
+    config: &RecordingConfig,
+    now_ms: i64,
+) -> Box<dyn Format> {
     match meta.kind {
         RecordingKind::Pty => Box::new(Cast::new(meta, now_ms)),
         RecordingKind::Exec => Box::new(Exec::new(meta, record, config.exec_output_cap.0, now_ms)),
@@ -138,7 +143,12 @@ impl Format for Cast {
         if !rest.is_empty() {
             out.extend_from_slice(asciicast::event_line(self.last_us, Code::Output, &rest).as_bytes());
         }
-        Summary { exit_status: self.exit, bytes_from_client: self.from_client, bytes_from_target: self.from_target, note: None }
+        Summary {
+            exit_status: self.exit,
+            bytes_from_client: self.from_client,
+            bytes_from_target: self.from_target,
+            note: None,
+        }
     }
 }
 
@@ -236,7 +246,12 @@ impl Format for Exec {
         self.trailer.stdout_sha256 = hex(std::mem::replace(&mut self.stdout_hash, Context::new(&SHA256)));
         self.trailer.stderr_sha256 = hex(std::mem::replace(&mut self.stderr_hash, Context::new(&SHA256)));
         self.frame.clear();
-        exec_format::encode_frame(&mut self.frame, Kind::Trailer, 0, &serde_json::to_vec(&self.trailer).unwrap_or_default());
+        exec_format::encode_frame(
+            &mut self.frame,
+            Kind::Trailer,
+            0,
+            &serde_json::to_vec(&self.trailer).unwrap_or_default(),
+        );
         let _ = self.gz.write_all(&self.frame);
         let _ = self.gz.try_finish();
         self.drain(out);

@@ -95,7 +95,12 @@ pub struct RecordingService {
 }
 
 impl RecordingService {
-    pub fn new(config: RecordingConfig, store: SharedStore, keys: Arc<KeyMaterial>, clock: SharedClock) -> std::io::Result<Self> {
+    pub fn new(
+        config: RecordingConfig,
+        store: SharedStore,
+        keys: Arc<KeyMaterial>,
+        clock: SharedClock,
+    ) -> std::io::Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&config.dir)?;
         std::fs::set_permissions(&config.dir, std::fs::Permissions::from_mode(0o700))?;
@@ -117,7 +122,9 @@ impl RecordingService {
         };
         let file_name = format!("{id}.{extension}");
         let path = self.config.dir.join(&file_name);
-        let file = writer::create_private(&path).await.map_err(|source| RecordingError::Create { path: path.clone(), source })?;
+        let file = writer::create_private(&path)
+            .await
+            .map_err(|source| RecordingError::Create { path: path.clone(), source })?;
         let record = RecordingRecord {
             id: id.clone(),
             session_id: meta.session_id.clone(),

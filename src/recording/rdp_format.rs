@@ -57,7 +57,14 @@ impl RdpFormat {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&json);
-        RdpFormat { header: Some(bytes), chain: [0; 32], since_link: Context::new(&SHA256), dirty: false, from_client: 0, from_target: 0 }
+        RdpFormat {
+            header: Some(bytes),
+            chain: [0; 32],
+            since_link: Context::new(&SHA256),
+            dirty: false,
+            from_client: 0,
+            from_target: 0,
+        }
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
@@ -129,7 +136,12 @@ impl Format for RdpFormat {
 
     fn finish(&mut self, _ended_ms: i64, out: &mut Vec<u8>) -> Summary {
         self.link(out);
-        Summary { exit_status: None, bytes_from_client: self.from_client, bytes_from_target: self.from_target, note: None }
+        Summary {
+            exit_status: None,
+            bytes_from_client: self.from_client,
+            bytes_from_target: self.from_target,
+            note: None,
+        }
     }
 }
 
@@ -239,7 +251,10 @@ mod tests {
         assert_eq!(parsed.links, 2);
         assert_eq!(parsed.unverified_tail, 0);
         let kinds: Vec<(u8, &[u8])> = parsed.records.iter().map(|r| (r.kind, r.data)).collect();
-        assert_eq!(kinds, vec![(FROM_CLIENT, &b"hello"[..]), (FROM_TARGET, &b"world"[..]), (EVENT, &br#"{"event":"x"}"#[..])]);
+        assert_eq!(
+            kinds,
+            vec![(FROM_CLIENT, &b"hello"[..]), (FROM_TARGET, &b"world"[..]), (EVENT, &br#"{"event":"x"}"#[..])]
+        );
     }
 
     #[test]

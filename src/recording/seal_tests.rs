@@ -38,7 +38,10 @@ async fn sealed_recordings_verify_and_tampering_is_caught() {
 
     // Editing the manifest to match breaks its signature.
     let text = std::fs::read_to_string(manifest_path(&path)).unwrap();
-    let forged = text.replace(&record.sha256.clone().unwrap(), &crate::secret::sha256_hex(b"{\"version\":2}\n[0.1, \"o\", \"ho\"]\n"));
+    let forged = text.replace(
+        &record.sha256.clone().unwrap(),
+        &crate::secret::sha256_hex(b"{\"version\":2}\n[0.1, \"o\", \"ho\"]\n"),
+    );
     std::fs::write(manifest_path(&path), forged).unwrap();
     assert!(matches!(verify(&path, keys.signing_public()), Err(SealError::Key(_))));
 

@@ -252,9 +252,10 @@ impl SftpTracker {
             },
             msg::WRITE => {
                 if let (Some(h), Some(offset), Some(data)) = (r.string(), r.u64(), r.string())
-                    && let Some(f) = self.files.get_mut(h) {
-                        f.written.add(offset, data);
-                    }
+                    && let Some(f) = self.files.get_mut(h)
+                {
+                    f.written.add(offset, data);
+                }
                 return;
             }
             msg::SETSTAT => simple("setstat", r.text().unwrap_or_default(), None),
@@ -295,7 +296,12 @@ impl SftpTracker {
         match (kind, pending) {
             (msg::HANDLE, Pending::Open { path, flags }) => {
                 if let Some(h) = r.string() {
-                    let file = OpenFile { path, writable: flags & FLAG_WRITE != 0, written: OrderedHash::new(), read: OrderedHash::new() };
+                    let file = OpenFile {
+                        path,
+                        writable: flags & FLAG_WRITE != 0,
+                        written: OrderedHash::new(),
+                        read: OrderedHash::new(),
+                    };
                     self.files.insert(h.to_vec(), file);
                 }
             }
@@ -324,11 +330,25 @@ impl SftpTracker {
         let Some(f) = self.files.remove(handle) else { return };
         if f.written.total > 0 || (f.writable && f.read.total == 0) {
             let bytes = f.written.total;
-            self.events.push(FileEvent { op: "upload", path: f.path.clone(), to: None, bytes, sha256: f.written.finish(), status: status.clone() });
+            self.events.push(FileEvent {
+                op: "upload",
+                path: f.path.clone(),
+                to: None,
+                bytes,
+                sha256: f.written.finish(),
+                status: status.clone(),
+            });
         }
         if f.read.total > 0 || !f.writable {
             let bytes = f.read.total;
-            self.events.push(FileEvent { op: "download", path: f.path, to: None, bytes, sha256: f.read.finish().or_else(|| empty_hash(bytes)), status });
+            self.events.push(FileEvent {
+                op: "download",
+                path: f.path,
+                to: None,
+                bytes,
+                sha256: f.read.finish().or_else(|| empty_hash(bytes)),
+                status,
+            });
         }
     }
 }

@@ -110,9 +110,10 @@ pub(super) async fn run(job: Job) {
     let summary = format.finish(ended_ms, &mut out.pending);
     audit_file_events(&store, &clock, &record, format.take_file_events()).await;
     if error.is_none()
-        && let Err(e) = out.write_out().await {
-            error = Some(e.to_string());
-        }
+        && let Err(e) = out.write_out().await
+    {
+        error = Some(e.to_string());
+    }
     let _ = out.file.sync_all().await;
 
     let mut record = record.clone();
@@ -150,7 +151,12 @@ pub(super) async fn run(job: Job) {
     }
 }
 
-async fn audit_file_events(store: &SharedStore, clock: &SharedClock, record: &RecordingRecord, events: Vec<super::sftp::FileEvent>) {
+async fn audit_file_events(
+    store: &SharedStore,
+    clock: &SharedClock,
+    record: &RecordingRecord,
+    events: Vec<super::sftp::FileEvent>,
+) {
     if events.is_empty() {
         return;
     }

@@ -65,13 +65,14 @@ pub async fn serve(
     let session_id = crate::ids::new_id("s");
     let end = EndSignal::new();
     let kill = stop.child_token();
-    let (host_key, certificate) = match gateway.keys.mint_host_certificate(&target, SystemTime::now() + Duration::from_secs(86400)) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot mint a host certificate");
-            return;
-        }
-    };
+    let (host_key, certificate) =
+        match gateway.keys.mint_host_certificate(&target, SystemTime::now() + Duration::from_secs(86400)) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot mint a host certificate");
+                return;
+            }
+        };
     let config = Arc::new(super::inner_config(&gateway.config, host_key, certificate));
     let record = Arc::new(Mutex::new(None));
     let handler = InnerHandler {
@@ -171,14 +172,24 @@ impl InnerHandler {
             .await
             .map_err(|e| format!("the gateway cannot read grants right now ({e})"))?;
         let now = self.gateway.clock.now_ms();
-        let permit = access::check_login(&grants, &self.identity.user, &self.target, Protocol::Ssh, &self.login, now).map_err(|d| d.to_string())?;
+        let permit = access::check_login(&grants, &self.identity.user, &self.target, Protocol::Ssh, &self.login, now)
+            .map_err(|d| d.to_string())?;
         if self.target_config.address.is_empty() {
-            return Err(format!("the gateway does not know {}'s address yet (Azure has not answered); try again shortly", self.target));
+            return Err(format!(
+                "the gateway does not know {}'s address yet (Azure has not answered); try again shortly",
+                self.target
+            ));
         }
         let hold = self
             .gateway
             .ports
-            .ensure(&permit.grant_id, &self.target, &self.target_config, self.target_config.ssh_port, permit.expires_at_ms)
+            .ensure(
+                &permit.grant_id,
+                &self.target,
+                &self.target_config,
+                self.target_config.ssh_port,
+                permit.expires_at_ms,
+            )
             .await
             .map_err(|e| format!("the gateway could not open {}'s port: {e}", self.target))?;
         self._opening = Some(hold);
@@ -278,11 +289,21 @@ impl russh::server::Handler for InnerHandler {
         Ok(self.admit(user).await)
     }
 
-    async fn auth_keyboard_interactive<'a>(&'a mut self, user: &str, _sub: &str, _response: Option<Response<'a>>) -> Result<Auth, Self::Error> {
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _sub: &str,
+        _response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
         Ok(self.admit(user).await)
     }
 
-    async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: ChannelOpenHandle, session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         match &self.state {
             State::Ready(upstream) => {
                 let _ = upstream.reverse.inner.set(session.handle());
@@ -316,7 +337,15 @@ impl russh::server::Handler for InnerHandler {
                 Ok(()) => {
                     let originator = (originator_address.to_string(), originator_port);
                     let host = host.chars().take(255).collect();
-                    tokio::spawn(relay::forward(Arc::clone(upstream), channel, host, port, originator, reply, self.ctx(session)));
+                    tokio::spawn(relay::forward(
+                        Arc::clone(upstream),
+                        channel,
+                        host,
+                        port,
+                        originator,
+                        reply,
+                        self.ctx(session),
+                    ));
                     return Ok(());
                 }
                 Err(denied) => denied.to_string(),
@@ -329,7 +358,17 @@ impl russh::server::Handler for InnerHandler {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn pty_request(&mut self, channel: ChannelId, _t: &str, _c: u32, _r: u32, _pw: u32, _ph: u32, _m: &[(Pty, u32)], session: &mut Session) -> Result<(), Self::Error> {
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _t: &str,
+        _c: u32,
+        _r: u32,
+        _pw: u32,
+        _ph: u32,
+        _m: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         Self::answer(session, channel, true)
     }
 
@@ -337,21 +376,46 @@ impl russh::server::Handler for InnerHandler {
         Self::answer(session, channel, true)
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         Self::answer(session, channel, true)
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
-        let allowed = relay::subsystem_allowed(&self.gateway.config.ssh, name) || matches!(self.state, State::Refused(_));
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed =
+            relay::subsystem_allowed(&self.gateway.config.ssh, name) || matches!(self.state, State::Refused(_));
         Self::answer(session, channel, allowed)
     }
 
-    async fn env_request(&mut self, channel: ChannelId, name: &str, _value: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         Self::answer(session, channel, relay::env_allowed(&self.gateway.config.ssh, name))
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn x11_request(&mut self, channel: ChannelId, _single: bool, _proto: &str, _cookie: &str, _screen: u32, session: &mut Session) -> Result<(), Self::Error> {
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         Self::answer(session, channel, self.gateway.config.ssh.allow_x11_forwarding)
     }
 
@@ -359,7 +423,12 @@ impl russh::server::Handler for InnerHandler {
         Ok(self.gateway.config.ssh.allow_agent_forwarding)
     }
 
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 }

@@ -39,13 +39,8 @@ pub use killable::Killable;
 /// Toward targets: AES-GCM first. With AES-NI it costs a fraction of
 /// ChaCha20-Poly1305, and the gateway handles every byte three times
 /// (client, inner connection, target).
-const UPSTREAM_CIPHERS: &[cipher::Name] = &[
-    cipher::AES_128_GCM,
-    cipher::AES_256_GCM,
-    cipher::CHACHA20_POLY1305,
-    cipher::AES_256_CTR,
-    cipher::AES_128_CTR,
-];
+const UPSTREAM_CIPHERS: &[cipher::Name] =
+    &[cipher::AES_128_GCM, cipher::AES_256_GCM, cipher::CHACHA20_POLY1305, cipher::AES_256_CTR, cipher::AES_128_CTR];
 
 /// What the gateway's servers offer clients (`ssh.ciphers`; validated at load).
 fn offered_ciphers(config: &Config) -> Vec<cipher::Name> {
@@ -89,7 +84,11 @@ pub fn outer_config(config: &Config, keys: &KeyMaterial) -> russh::server::Confi
 }
 
 /// The server run inside a `direct-tcpip` channel, for one target.
-fn inner_config(config: &Config, host_key: russh::keys::PrivateKey, certificate: russh::keys::Certificate) -> russh::server::Config {
+fn inner_config(
+    config: &Config,
+    host_key: russh::keys::PrivateKey,
+    certificate: russh::keys::Certificate,
+) -> russh::server::Config {
     russh::server::Config {
         server_id: server_id(),
         methods: MethodSet::from(&[MethodKind::None, MethodKind::PublicKey, MethodKind::KeyboardInteractive][..]),

@@ -34,7 +34,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum SignIn {
     NotStarted,
-    Waiting { auth: Box<DeviceAuthorization>, _slot: OwnedSemaphorePermit },
+    Waiting {
+        auth: Box<DeviceAuthorization>,
+        _slot: OwnedSemaphorePermit,
+    },
     /// The user was told why sign-in failed; the next answer ends it.
     Failed,
 }
@@ -54,7 +57,10 @@ pub struct OuterHandler {
 }
 
 fn retry_methods() -> Auth {
-    Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..])), partial_success: false }
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..])),
+        partial_success: false,
+    }
 }
 
 /// After a failed sign-in: nothing more to try, so OpenSSH stops instead of starting another device flow.
@@ -63,7 +69,11 @@ fn final_reject() -> Auth {
 }
 
 fn show(instructions: String) -> Auth {
-    Auth::Partial { name: Cow::Borrowed("jit-gateway sign-in"), instructions: Cow::Owned(instructions), prompts: Cow::Borrowed(&[]) }
+    Auth::Partial {
+        name: Cow::Borrowed("jit-gateway sign-in"),
+        instructions: Cow::Owned(instructions),
+        prompts: Cow::Borrowed(&[]),
+    }
 }
 
 pub async fn handle_connection(
@@ -89,17 +99,18 @@ pub async fn handle_connection(
     };
     let stream = Killable::new(socket, kill.clone());
     let config = Arc::clone(&gateway.outer_ssh);
-    let session = match tokio::time::timeout(HANDSHAKE_TIMEOUT, russh::server::run_stream(config, stream, handler)).await {
-        Ok(Ok(session)) => session,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection failed before the SSH handshake");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "no SSH version line in time");
-            return;
-        }
-    };
+    let session =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, russh::server::run_stream(config, stream, handler)).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection failed before the SSH handshake");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no SSH version line in time");
+                return;
+            }
+        };
     let watchdog = async {
         tokio::time::sleep(grace).await;
         if !authenticated.load(Ordering::SeqCst) {
@@ -147,8 +158,18 @@ impl OuterHandler {
         let limit = self.deadline.saturating_duration_since(tokio::time::Instant::now());
         let result = self.gateway.oidc.finish_device_flow(&auth, limit).await;
         let failure = match result {
-            Ok(verified) if verified.user.eq_ignore_ascii_case(user) || verified.login_name.as_deref() == Some(user) => {
-                match signin::remember(&self.gateway, &verified, self.proven_key.as_ref(), &self.client_ip(), "signin.device-flow").await {
+            Ok(verified)
+                if verified.user.eq_ignore_ascii_case(user) || verified.login_name.as_deref() == Some(user) =>
+            {
+                match signin::remember(
+                    &self.gateway,
+                    &verified,
+                    self.proven_key.as_ref(),
+                    &self.client_ip(),
+                    "signin.device-flow",
+                )
+                .await
+                {
                     Ok(identity) => {
                         tracing::info!(user = %identity.user, peer = %self.peer, key_bound = self.proven_key.is_some(), "signed in with the device flow");
                         self.identity = Some(identity);
@@ -162,15 +183,24 @@ impl OuterHandler {
             }
             Ok(verified) => {
                 let name = verified.login_name.clone().unwrap_or_else(|| verified.user.clone());
-                format!("you signed in as {}, but connected as `{user}`. Connect as {name}@{}", verified.user, self.gateway.config.gateway.name)
+                format!(
+                    "you signed in as {}, but connected as `{user}`. Connect as {name}@{}",
+                    verified.user, self.gateway.config.gateway.name
+                )
             }
             Err(OidcError::Denied) => "sign-in was denied at the identity provider".to_string(),
-            Err(OidcError::Expired) => "the sign-in code expired before it was approved; connect again for a new one".to_string(),
+            Err(OidcError::Expired) => {
+                "the sign-in code expired before it was approved; connect again for a new one".to_string()
+            }
             Err(e) => e.to_string(),
         };
         tracing::warn!(peer = %self.peer, %user, reason = %failure, "sign-in failed");
         self.gateway
-            .audit(AuditEvent::new("signin.failed", user, serde_json::json!({"client_ip": self.client_ip(), "reason": failure})))
+            .audit(AuditEvent::new(
+                "signin.failed",
+                user,
+                serde_json::json!({"client_ip": self.client_ip(), "reason": failure}),
+            ))
             .await;
         self.sign_in = SignIn::Failed;
         show(format!("Sign-in failed: {failure}."))
@@ -233,7 +263,12 @@ impl russh::server::Handler for OuterHandler {
         Ok(())
     }
 
-    async fn channel_open_session(&mut self, _channel: Channel<Msg>, reply: ChannelOpenHandle, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let name = &self.gateway.config.gateway.name;
         let reason = format!("{name} is a jump host: connect with `ssh -J {name} <login>@<target>`");
         reply.reject(ChannelOpenFailure::Other { code: 1, reason }).await;
@@ -281,7 +316,12 @@ impl russh::server::Handler for OuterHandler {
         Ok(())
     }
 
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 }
@@ -289,7 +329,10 @@ impl russh::server::Handler for OuterHandler {
 enum Jump {
     Allowed(String),
     /// An inventory target this person may not reach now.
-    Refused { target: String, reason: String },
+    Refused {
+        target: String,
+        reason: String,
+    },
     /// Not a target at all (unknown name, raw address, other port).
     Unknown(Denied),
 }
@@ -306,7 +349,10 @@ async fn check_jump(gateway: &Gateway, identity: &Identity, host: &str, port: u3
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot read grants; refusing");
-            return Jump::Refused { target: name, reason: "the gateway cannot read grants right now; try again later".into() };
+            return Jump::Refused {
+                target: name,
+                reason: "the gateway cannot read grants right now; try again later".into(),
+            };
         }
     };
     match access::check_target(&grants, &identity.user, &name, Protocol::Ssh, gateway.clock.now_ms()) {

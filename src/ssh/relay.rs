@@ -209,7 +209,9 @@ async fn start_recording(state: &SharedState, ctx: &ChannelCtx, kind: RecordingK
         Err(e) => {
             tracing::error!(session = %ctx.session_id, error = %e, "cannot start recording");
             if ctx.gateway.config.recording.fail_closed {
-                ctx.end.end("the session recording could not be started; the session was ended because recording is required");
+                ctx.end.end(
+                    "the session recording could not be started; the session was ended because recording is required",
+                );
                 return false;
             }
             true
@@ -218,7 +220,12 @@ async fn start_recording(state: &SharedState, ctx: &ChannelCtx, kind: RecordingK
 }
 
 /// One message from the client. Returns false when the channel is done.
-async fn client_message(msg: ChannelMsg, up: &ChannelWriteHalf<russh::client::Msg>, state: &SharedState, ctx: &ChannelCtx) -> bool {
+async fn client_message(
+    msg: ChannelMsg,
+    up: &ChannelWriteHalf<russh::client::Msg>,
+    state: &SharedState,
+    ctx: &ChannelCtx,
+) -> bool {
     let ssh = &ctx.gateway.config.ssh;
     let sent = match msg {
         ChannelMsg::Data { data } => {
@@ -255,8 +262,12 @@ async fn client_message(msg: ChannelMsg, up: &ChannelWriteHalf<russh::client::Ms
             }
             ctx.gateway
                 .audit(
-                    AuditEvent::new("ssh.exec", ctx.user.clone(), serde_json::json!({"session": ctx.session_id, "login": ctx.login, "command": text}))
-                        .on(ctx.target.clone()),
+                    AuditEvent::new(
+                        "ssh.exec",
+                        ctx.user.clone(),
+                        serde_json::json!({"session": ctx.session_id, "login": ctx.login, "command": text}),
+                    )
+                    .on(ctx.target.clone()),
                 )
                 .await;
             lock(state).asked.push_back(Asked::Exec);
@@ -266,7 +277,11 @@ async fn client_message(msg: ChannelMsg, up: &ChannelWriteHalf<russh::client::Ms
             if !subsystem_allowed(ssh, &name) {
                 return true; // already refused in the callback
             }
-            let (kind, command) = if name == "sftp" { (RecordingKind::Sftp, None) } else { (RecordingKind::Exec, Some(format!("subsystem {name}"))) };
+            let (kind, command) = if name == "sftp" {
+                (RecordingKind::Sftp, None)
+            } else {
+                (RecordingKind::Exec, Some(format!("subsystem {name}")))
+            };
             if !start_recording(state, ctx, kind, command).await {
                 return false;
             }
@@ -291,10 +306,21 @@ async fn client_message(msg: ChannelMsg, up: &ChannelWriteHalf<russh::client::Ms
         ChannelMsg::SetEnv { variable_name, variable_value, .. } if env_allowed(ssh, &variable_name) => {
             up.set_env(false, variable_name, variable_value).await
         }
-        ChannelMsg::RequestX11 { single_connection, x11_authentication_protocol, x11_authentication_cookie, x11_screen_number, .. }
-            if ssh.allow_x11_forwarding =>
-        {
-            up.request_x11(false, single_connection, x11_authentication_protocol, x11_authentication_cookie, x11_screen_number).await
+        ChannelMsg::RequestX11 {
+            single_connection,
+            x11_authentication_protocol,
+            x11_authentication_cookie,
+            x11_screen_number,
+            ..
+        } if ssh.allow_x11_forwarding => {
+            up.request_x11(
+                false,
+                single_connection,
+                x11_authentication_protocol,
+                x11_authentication_cookie,
+                x11_screen_number,
+            )
+            .await
         }
         ChannelMsg::AgentForward { .. } if ssh.allow_agent_forwarding => up.agent_forward(false).await,
         _ => Ok(()),
@@ -356,7 +382,11 @@ async fn target_message(
 }
 
 /// The target said no to something the gateway already said yes to.
-async fn refused_by_target(asked: Option<Asked>, inner: &ChannelWriteHalf<russh::server::Msg>, ctx: &ChannelCtx) -> bool {
+async fn refused_by_target(
+    asked: Option<Asked>,
+    inner: &ChannelWriteHalf<russh::server::Msg>,
+    ctx: &ChannelCtx,
+) -> bool {
     let what = match asked {
         Some(Asked::Pty) => {
             let text = format!("jit-gateway: {} refused to allocate a terminal\r\n", ctx.target);
@@ -404,8 +434,12 @@ pub async fn forward(
     let destination = format!("{host}:{port}");
     ctx.gateway
         .audit(
-            AuditEvent::new("ssh.forward.opened", ctx.user.clone(), serde_json::json!({"session": ctx.session_id, "login": ctx.login, "destination": destination}))
-                .on(ctx.target.clone()),
+            AuditEvent::new(
+                "ssh.forward.opened",
+                ctx.user.clone(),
+                serde_json::json!({"session": ctx.session_id, "login": ctx.login, "destination": destination}),
+            )
+            .on(ctx.target.clone()),
         )
         .await;
     let (to_target, to_client) = tokio::select! {

@@ -26,7 +26,9 @@ pub fn instructions(auth: &DeviceAuthorization, gateway_name: &str) -> String {
         }
     }
     let minutes = auth.expires_in.as_secs().div_ceil(60);
-    text.push_str(&format!("\nWaiting for approval (the code is valid for {minutes} min); {gateway_name} continues by itself.\n"));
+    text.push_str(&format!(
+        "\nWaiting for approval (the code is valid for {minutes} min); {gateway_name} continues by itself.\n"
+    ));
     text
 }
 

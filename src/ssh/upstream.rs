@@ -29,11 +29,15 @@ use crate::store::{AuditEvent, blocking};
 pub enum UpstreamError {
     #[error("cannot reach {target} ({address}): {message}")]
     Connect { target: String, address: String, message: String },
-    #[error("the host key of {target} does not match the one on record ({detail}); the session was refused. Tell your administrator")]
+    #[error(
+        "the host key of {target} does not match the one on record ({detail}); the session was refused. Tell your administrator"
+    )]
     HostKeyMismatch { target: String, detail: String },
     #[error("{target} has no pinned host key and the gateway only accepts pinned keys; tell your administrator")]
     HostKeyUnknown { target: String },
-    #[error("{target} refused the gateway's certificate for login `{login}` (is the target CA in its TrustedUserCAKeys, and does `{login}` exist?)")]
+    #[error(
+        "{target} refused the gateway's certificate for login `{login}` (is the target CA in its TrustedUserCAKeys, and does `{login}` exist?)"
+    )]
     AuthRejected { target: String, login: String },
     #[error("SSH with {target} failed: {message}")]
     Protocol { target: String, message: String },
@@ -86,11 +90,15 @@ pub async fn connect(
 ) -> Result<Upstream, UpstreamError> {
     let ssh = &gateway.config.ssh;
     let address = format!("{}:{}", config.address, config.ssh_port);
-    let connect_err = |message: String| UpstreamError::Connect { target: target.into(), address: address.clone(), message };
-    let socket = tokio::time::timeout(ssh.upstream_connect_timeout, TcpStream::connect((config.address.as_str(), config.ssh_port)))
-        .await
-        .map_err(|_| connect_err(format!("no answer within {}s", ssh.upstream_connect_timeout.as_secs())))?
-        .map_err(|e| connect_err(e.to_string()))?;
+    let connect_err =
+        |message: String| UpstreamError::Connect { target: target.into(), address: address.clone(), message };
+    let socket = tokio::time::timeout(
+        ssh.upstream_connect_timeout,
+        TcpStream::connect((config.address.as_str(), config.ssh_port)),
+    )
+    .await
+    .map_err(|_| connect_err(format!("no answer within {}s", ssh.upstream_connect_timeout.as_secs())))?
+    .map_err(|e| connect_err(e.to_string()))?;
     let _ = socket.set_nodelay(true);
     let local_ip: Option<IpAddr> = socket.local_addr().ok().map(|a| a.ip());
 
@@ -183,8 +191,12 @@ impl UpstreamHandler {
                         tracing::warn!(target = %self.target, fingerprint = %crate::keys::fingerprint(key), "recorded host key on first use");
                         self.gateway
                             .audit(
-                                AuditEvent::new("hostkey.recorded", "jit-gateway", serde_json::json!({"fingerprint": crate::keys::fingerprint(key)}))
-                                    .on(self.target.clone()),
+                                AuditEvent::new(
+                                    "hostkey.recorded",
+                                    "jit-gateway",
+                                    serde_json::json!({"fingerprint": crate::keys::fingerprint(key)}),
+                                )
+                                .on(self.target.clone()),
                             )
                             .await;
                         Verdict::Recorded
@@ -204,8 +216,13 @@ impl UpstreamHandler {
 impl UpstreamHandler {
     /// A channel the target opens toward the user (agent, X11): opened on the
     /// inner connection with `open` and piped, when allowed; refused otherwise.
-    async fn reverse_channel<F, Fut>(&self, allowed: bool, channel: Channel<Msg>, reply: russh::client::ChannelOpenHandle, open: F)
-    where
+    async fn reverse_channel<F, Fut>(
+        &self,
+        allowed: bool,
+        channel: Channel<Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        open: F,
+    ) where
         F: FnOnce(russh::server::Handle) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Channel<russh::server::Msg>, russh::Error>> + Send,
     {
@@ -239,8 +256,12 @@ impl russh::client::Handler for UpstreamHandler {
             tracing::error!(target = %self.target, presented = %crate::keys::fingerprint(&key), %detail, "host key mismatch");
             self.gateway
                 .audit(
-                    AuditEvent::new("hostkey.mismatch", "jit-gateway", serde_json::json!({"presented": crate::keys::fingerprint(&key), "expected": detail}))
-                        .on(self.target.clone()),
+                    AuditEvent::new(
+                        "hostkey.mismatch",
+                        "jit-gateway",
+                        serde_json::json!({"presented": crate::keys::fingerprint(&key), "expected": detail}),
+                    )
+                    .on(self.target.clone()),
                 )
                 .await;
         }
@@ -251,7 +272,12 @@ impl russh::client::Handler for UpstreamHandler {
         Ok(ok)
     }
 
-    async fn server_channel_open_agent_forward(&mut self, channel: Channel<Msg>, reply: russh::client::ChannelOpenHandle, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let allowed = self.reverse.allow_agent;
         self.reverse_channel(allowed, channel, reply, |inner| async move { inner.channel_open_agent().await }).await;
         Ok(())
@@ -266,12 +292,19 @@ impl russh::client::Handler for UpstreamHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let (allowed, address) = (self.reverse.allow_x11, originator_address.to_string());
-        self.reverse_channel(allowed, channel, reply, move |inner| async move { inner.channel_open_x11(address, originator_port).await })
-            .await;
+        self.reverse_channel(allowed, channel, reply, move |inner| async move {
+            inner.channel_open_x11(address, originator_port).await
+        })
+        .await;
         Ok(())
     }
 
-    async fn server_channel_open_session(&mut self, _c: Channel<Msg>, reply: russh::client::ChannelOpenHandle, _s: &mut Session) -> Result<(), Self::Error> {
+    async fn server_channel_open_session(
+        &mut self,
+        _c: Channel<Msg>,
+        reply: russh::client::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
         reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
         Ok(())
     }
@@ -306,7 +339,13 @@ impl russh::client::Handler for UpstreamHandler {
         Ok(())
     }
 
-    async fn server_channel_open_direct_streamlocal(&mut self, _c: Channel<Msg>, _p: &str, reply: russh::client::ChannelOpenHandle, _s: &mut Session) -> Result<(), Self::Error> {
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _c: Channel<Msg>,
+        _p: &str,
+        reply: russh::client::ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
         reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
         Ok(())
     }

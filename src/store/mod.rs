@@ -129,13 +129,19 @@ where
     F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
 {
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+    tokio::task::spawn_blocking(move || f(store.as_ref())).await.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// The hash of an audit record: SHA-256 over its fields in a fixed order.
-pub fn audit_hash(seq: u64, at_ms: i64, kind: &str, actor: &str, target: Option<&str>, details: &serde_json::Value, prev_hash: &str) -> String {
+pub fn audit_hash(
+    seq: u64,
+    at_ms: i64,
+    kind: &str,
+    actor: &str,
+    target: Option<&str>,
+    details: &serde_json::Value,
+    prev_hash: &str,
+) -> String {
     let canonical = serde_json::json!([seq, at_ms, kind, actor, target, details, prev_hash]);
     crate::secret::sha256_hex(canonical.to_string().as_bytes())
 }

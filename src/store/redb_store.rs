@@ -101,7 +101,8 @@ impl RedbStore {
             }
             None => (1, AUDIT_GENESIS.to_string()),
         };
-        let hash = audit_hash(seq, at_ms, event.kind, &event.actor, event.target.as_deref(), &event.details, &prev_hash);
+        let hash =
+            audit_hash(seq, at_ms, event.kind, &event.actor, event.target.as_deref(), &event.details, &prev_hash);
         let record = AuditRecord {
             seq,
             at_ms,
@@ -180,7 +181,8 @@ impl Store for RedbStore {
     }
 
     fn remove_key_bindings(&self, fingerprint: &str) -> StoreResult<usize> {
-        let keys: Vec<String> = self.key_bindings(fingerprint)?.iter().map(|b| format!("{}\0{}", b.fingerprint, b.identity_id)).collect();
+        let keys: Vec<String> =
+            self.key_bindings(fingerprint)?.iter().map(|b| format!("{}\0{}", b.fingerprint, b.identity_id)).collect();
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(KEY_BINDINGS).map_err(db_err)?;
@@ -201,7 +203,10 @@ impl Store for RedbStore {
                 return Err(StoreError::Conflict(format!("grant {} exists already", grant.id)));
             }
             grants.insert(grant.id.as_str(), bytes.as_slice()).map_err(db_err)?;
-            txn.open_table(GRANTS_BY_USER).map_err(db_err)?.insert(user_key(&grant.user, &grant.id).as_str(), ()).map_err(db_err)?;
+            txn.open_table(GRANTS_BY_USER)
+                .map_err(db_err)?
+                .insert(user_key(&grant.user, &grant.id).as_str(), ())
+                .map_err(db_err)?;
             if grant.ended_ms.is_none() {
                 txn.open_table(GRANT_ENDS).map_err(db_err)?.insert(end_key(grant).as_str(), ()).map_err(db_err)?;
             }
@@ -328,9 +333,10 @@ impl Store for RedbStore {
         {
             let mut table = txn.open_table(HOST_KEYS).map_err(db_err)?;
             if let Some(existing) = table.get(target).map_err(db_err)?
-                && existing.value() != key {
-                    return Err(StoreError::Conflict(format!("a different host key is recorded for {target}")));
-                }
+                && existing.value() != key
+            {
+                return Err(StoreError::Conflict(format!("a different host key is recorded for {target}")));
+            }
             table.insert(target, key).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
@@ -399,7 +405,10 @@ impl Store for RedbStore {
                 None => None,
             };
             if stored.as_ref() != expected {
-                return Err(StoreError::Conflict(format!("request {} changed meanwhile; look at it again", request.id)));
+                return Err(StoreError::Conflict(format!(
+                    "request {} changed meanwhile; look at it again",
+                    request.id
+                )));
             }
             requests.insert(request.id.as_str(), encode(request)?.as_slice()).map_err(db_err)?;
         }
@@ -409,7 +418,10 @@ impl Store for RedbStore {
                 return Err(StoreError::Conflict(format!("grant {} exists already", grant.id)));
             }
             grants.insert(grant.id.as_str(), encode(grant)?.as_slice()).map_err(db_err)?;
-            txn.open_table(GRANTS_BY_USER).map_err(db_err)?.insert(user_key(&grant.user, &grant.id).as_str(), ()).map_err(db_err)?;
+            txn.open_table(GRANTS_BY_USER)
+                .map_err(db_err)?
+                .insert(user_key(&grant.user, &grant.id).as_str(), ())
+                .map_err(db_err)?;
             txn.open_table(GRANT_ENDS).map_err(db_err)?.insert(end_key(grant).as_str(), ()).map_err(db_err)?;
         }
         for event in audit {

@@ -10,7 +10,7 @@ fn grant(id: &str, user: &str, end: i64) -> Grant {
         protocol: Protocol::Ssh,
         logins: vec!["admin".into()],
         port_forwarding: false,
-            rdp_redirect: Vec::new(),
+        rdp_redirect: Vec::new(),
         not_before_ms: 0,
         expires_at_ms: end,
         reason: "r".into(),
@@ -52,11 +52,12 @@ fn grants_index_by_user_and_end() {
         .unwrap();
     assert_eq!(g.status(600), GrantStatus::Revoked);
     assert_eq!(store.next_grant_end().unwrap(), Some(500));
-    store.update_grant("g-2", &mut |g| {
-        g.ended_ms = Some(600);
-        Ok(())
-    })
-    .unwrap();
+    store
+        .update_grant("g-2", &mut |g| {
+            g.ended_ms = Some(600);
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(store.next_grant_end().unwrap(), Some(1000));
     assert!(matches!(store.update_grant("nope", &mut |_| Ok(())), Err(StoreError::NotFound(_))));
 }
@@ -64,8 +65,11 @@ fn grants_index_by_user_and_end() {
 #[test]
 fn audit_records_form_a_chain() {
     let (_dir, store) = open();
-    let a = store.append_audit(&AuditEvent::new("grant.created", "root", serde_json::json!({"grant": "g-1"})), 10).unwrap();
-    let b = store.append_audit(&AuditEvent::new("grant.revoked", "root", serde_json::json!({"grant": "g-1"})).on("vm1"), 20).unwrap();
+    let a =
+        store.append_audit(&AuditEvent::new("grant.created", "root", serde_json::json!({"grant": "g-1"})), 10).unwrap();
+    let b = store
+        .append_audit(&AuditEvent::new("grant.revoked", "root", serde_json::json!({"grant": "g-1"})).on("vm1"), 20)
+        .unwrap();
     assert_eq!((a.seq, b.seq), (1, 2));
     assert_eq!(a.prev_hash, AUDIT_GENESIS);
     assert_eq!(b.prev_hash, a.hash);

@@ -46,7 +46,10 @@ async fn az_world(opener: &str, linger: &str, deny_port: bool) -> Option<AzWorld
         sshd.port
     );
     let gw = Gw::start(prepared, GwOptions { extra, ..Default::default() }).await;
-    let resolved = eventually(Duration::from_secs(15), || gw.gateway.inventory.get("vm1").is_some_and(|t| t.address == "127.0.0.1")).await;
+    let resolved = eventually(Duration::from_secs(15), || {
+        gw.gateway.inventory.get("vm1").is_some_and(|t| t.address == "127.0.0.1")
+    })
+    .await;
     assert!(resolved, "vm1's address comes from its NIC in Azure");
     let alice = Client::new(&gw, "alice", "");
     gw.bind_key(&alice.public_key, "alice@example.test", "alice").await;
@@ -65,7 +68,10 @@ async fn an_nsg_rule_admits_only_the_gateway_during_the_session_and_goes_after_t
         let client = w.alice.clone();
         tokio::spawn(async move { client.exec("vm1", "sleep 3; echo through-azure", None).await })
     };
-    assert!(eventually(Duration::from_secs(15), || rule_count(&w.fake) == 2).await, "a rule on the NIC's NSG and on the subnet's");
+    assert!(
+        eventually(Duration::from_secs(15), || rule_count(&w.fake) == 2).await,
+        "a rule on the NIC's NSG and on the subnet's"
+    );
     for nsg in [fake_arm::NSG_NIC, fake_arm::NSG_SUBNET] {
         let rules = w.fake.gateway_rules(nsg);
         let (name, p) = &rules[0];
@@ -73,7 +79,10 @@ async fn an_nsg_rule_admits_only_the_gateway_during_the_session_and_goes_after_t
         assert_eq!(p["sourceAddressPrefix"], GATEWAY_IP, "only the gateway's own address");
         assert_eq!(p["destinationAddressPrefix"], "127.0.0.1", "the VM's private IP from its NIC");
         assert_eq!(p["destinationPortRange"], w.sshd.port.to_string());
-        assert_eq!((p["access"].as_str(), p["direction"].as_str(), p["protocol"].as_str()), (Some("Allow"), Some("Inbound"), Some("Tcp")));
+        assert_eq!(
+            (p["access"].as_str(), p["direction"].as_str(), p["protocol"].as_str()),
+            (Some("Allow"), Some("Inbound"), Some("Tcp"))
+        );
         let priority = p["priority"].as_u64().unwrap();
         assert!((1000..=1009).contains(&priority), "priority {priority} from the configured range");
     }
@@ -91,14 +100,19 @@ async fn an_nsg_rule_admits_only_the_gateway_during_the_session_and_goes_after_t
     let store = std::sync::Arc::clone(&w.gw.gateway.store);
     let recorded = eventually(Duration::from_secs(5), || {
         let store = std::sync::Arc::clone(&store);
-        std::thread::spawn(move || store.audit_records(1, 10_000).unwrap().iter().any(|r| r.kind == "port.closed")).join().unwrap()
+        std::thread::spawn(move || store.audit_records(1, 10_000).unwrap().iter().any(|r| r.kind == "port.closed"))
+            .join()
+            .unwrap()
     })
     .await;
     assert!(recorded, "the closing is audited");
     let audit = blocking(&w.gw.gateway.store, |s| s.audit_records(1, 10_000)).await.unwrap();
     let opened = audit.iter().find(|r| r.kind == "port.opened").expect("audited");
     let rules = opened.details["detail"]["rules"].as_array().unwrap();
-    assert!(rules.iter().all(|r| r["request_id"].as_str().is_some_and(|id| id.starts_with("req-"))), "Azure request IDs are audited: {rules:?}");
+    assert!(
+        rules.iter().all(|r| r["request_id"].as_str().is_some_and(|id| id.starts_with("req-"))),
+        "Azure request IDs are audited: {rules:?}"
+    );
     assert!(blocking(&w.gw.gateway.store, |s| s.leases()).await.unwrap().is_empty());
 }
 
@@ -120,7 +134,10 @@ async fn two_grants_on_one_vm_get_distinct_priorities_and_close_separately() {
     assert_eq!(text(&tb.await.unwrap().stdout).trim(), "b");
     let revoked = w.gw.cli(&["grant", "revoke", &bobs, "--reason", "done"]).await;
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
-    assert!(eventually(Duration::from_secs(10), || w.fake.gateway_rules(fake_arm::NSG_NIC).len() == 1).await, "bob's opening closes with his grant");
+    assert!(
+        eventually(Duration::from_secs(10), || w.fake.gateway_rules(fake_arm::NSG_NIC).len() == 1).await,
+        "bob's opening closes with his grant"
+    );
     assert_eq!(w.fake.gateway_rules(fake_arm::NSG_SUBNET).len(), 1, "alice's stays (its linger is 60 s)");
 }
 
@@ -139,14 +156,20 @@ async fn throttling_is_retried_and_a_persistent_failure_refuses_the_session_leav
     let refused = w.alice.exec("vm1", "echo should-not-run", None).await;
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
-    assert!(stderr.contains("could not open vm1's port") && stderr.contains("500"), "the user is told which target and why: {stderr}");
+    assert!(
+        stderr.contains("could not open vm1's port") && stderr.contains("500"),
+        "the user is told which target and why: {stderr}"
+    );
     assert!(!w.sshd.log().contains("should-not-run"));
     assert_eq!(rule_count(&w.fake), 0, "nothing stays open");
-    assert!(eventually(Duration::from_secs(5), || {
-        let store = std::sync::Arc::clone(&w.gw.gateway.store);
-        std::thread::spawn(move || store.leases().unwrap().is_empty()).join().unwrap()
-    })
-    .await, "no lease is left behind");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let store = std::sync::Arc::clone(&w.gw.gateway.store);
+            std::thread::spawn(move || store.leases().unwrap().is_empty()).join().unwrap()
+        })
+        .await,
+        "no lease is left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +231,15 @@ async fn vms_tagged_for_the_gateway_are_discovered_as_targets() {
         sshd.port
     );
     let gw = Gw::start(prepared, GwOptions { extra, ..Default::default() }).await;
-    assert!(eventually(Duration::from_secs(15), || gw.gateway.inventory.get("myvm").is_some_and(|t| t.address == "127.0.0.1")).await, "the tagged VM is a target named after it");
+    assert!(
+        eventually(Duration::from_secs(15), || gw
+            .gateway
+            .inventory
+            .get("myvm")
+            .is_some_and(|t| t.address == "127.0.0.1"))
+        .await,
+        "the tagged VM is a target named after it"
+    );
     let alice = Client::new(&gw, "alice", "");
     gw.bind_key(&alice.public_key, "alice@example.test", "alice").await;
     gw.grant("alice@example.test", "myvm", &[LOGIN], Duration::from_secs(600)).await;
@@ -238,8 +269,42 @@ async fn a_gateway_killed_after_the_lease_or_after_the_rule_leaves_no_rule_behin
     let gateway = GwProcess::start(&config, port).await;
     // Any client works for the key; the gateway's known_hosts lines come from its certs folder.
     let alice = support::Client::for_process(dir.path(), port, "alice");
-    assert!(gateway.cli(&["key", "bind", "--user", "alice@example.test", "--login-name", "alice", "--public-key", alice.key.with_extension("pub").to_str().unwrap()]).await.status.success());
-    assert!(gateway.cli(&["grant", "add", "--user", "alice@example.test", "--target", "vm1", "--login", LOGIN, "--for", "1h", "--reason", "crash test"]).await.status.success());
+    assert!(
+        gateway
+            .cli(&[
+                "key",
+                "bind",
+                "--user",
+                "alice@example.test",
+                "--login-name",
+                "alice",
+                "--public-key",
+                alice.key.with_extension("pub").to_str().unwrap()
+            ])
+            .await
+            .status
+            .success()
+    );
+    assert!(
+        gateway
+            .cli(&[
+                "grant",
+                "add",
+                "--user",
+                "alice@example.test",
+                "--target",
+                "vm1",
+                "--login",
+                LOGIN,
+                "--for",
+                "1h",
+                "--reason",
+                "crash test"
+            ])
+            .await
+            .status
+            .success()
+    );
 
     let mut gateway = Some(gateway);
     let db = dir.path().join("state/gateway.redb");
@@ -249,7 +314,9 @@ async fn a_gateway_killed_after_the_lease_or_after_the_rule_leaves_no_rule_behin
         let (arrived, release) = fake.hold(method, what);
         let client = alice.clone();
         let attempt = tokio::spawn(async move { client.exec("vm1", "true", None).await });
-        tokio::time::timeout(Duration::from_secs(20), arrived.notified()).await.unwrap_or_else(|_| panic!("the gateway reached {method} {what}"));
+        tokio::time::timeout(Duration::from_secs(20), arrived.notified())
+            .await
+            .unwrap_or_else(|_| panic!("the gateway reached {method} {what}"));
         gateway.take().unwrap().kill9().await;
         release.notify_one();
         let _ = attempt.await;

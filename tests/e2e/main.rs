@@ -35,7 +35,11 @@ impl World {
         }
         let prepared = support::prepare();
         let sshd = Sshd::start(&prepared.target_ca);
-        let gw = Gw::start(prepared, GwOptions { sshd_port: Some(sshd.port), extra: extra_config.into(), ..Default::default() }).await;
+        let gw = Gw::start(
+            prepared,
+            GwOptions { sshd_port: Some(sshd.port), extra: extra_config.into(), ..Default::default() },
+        )
+        .await;
         let alice = Client::new(&gw, "alice", "");
         gw.bind_key(&alice.public_key, "alice@example.test", "alice").await;
         let grant = gw.grant("alice@example.test", "vm1", &[LOGIN], Duration::from_secs(3600)).await;

@@ -30,7 +30,10 @@ fn rdp_target(name: &str, port: u16, pin: Option<&str>, credential: Option<(&str
         t.push_str(&format!("rdp_certificate = \"{pin}\"\n"));
     }
     if let Some((user, file)) = credential {
-        t.push_str(&format!("[targets.{name}.rdp_credential]\nusername = \"{user}\"\npassword_file = \"{}\"\n", file.display()));
+        t.push_str(&format!(
+            "[targets.{name}.rdp_credential]\nusername = \"{user}\"\npassword_file = \"{}\"\n",
+            file.display()
+        ));
     }
     t
 }
@@ -51,7 +54,12 @@ fn rdp_addr(gw: &Gw) -> String {
 fn rdp_recordings(gw: &Gw) -> Vec<PathBuf> {
     let dir = gw.gateway.recordings.dir().to_path_buf();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rdprec")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "rdprec"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
@@ -81,7 +89,11 @@ impl XrdpWorld {
         let xrdp = Xrdp::start();
         let secrets = tempfile::tempdir().unwrap();
         let pw_file = secret_file(secrets.path(), &password);
-        let extra = format!("{}{}", rdp_section(), rdp_target("vm2", xrdp.port, Some(&xrdp.certificate_sha256), Some((RDP_USER, &pw_file))));
+        let extra = format!(
+            "{}{}",
+            rdp_section(),
+            rdp_target("vm2", xrdp.port, Some(&xrdp.certificate_sha256), Some((RDP_USER, &pw_file)))
+        );
         let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
         XrdpWorld { xrdp, gw, password, _secrets: secrets }
     }
@@ -96,7 +108,10 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
     let grant = gw.grant_rdp(ALICE, "vm2", &[RDP_USER], Duration::from_secs(3600), &[]).await;
     let issued = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.expect("a ticket");
     assert_eq!(issued.login, RDP_USER);
-    assert!(issued.rdp_file.contains(&format!("full address:s:{}", rdp_addr(&gw))) && issued.rdp_file.contains("pcb:s:jgwrdp1."));
+    assert!(
+        issued.rdp_file.contains(&format!("full address:s:{}", rdp_addr(&gw)))
+            && issued.rdp_file.contains("pcb:s:jgwrdp1.")
+    );
 
     let x = Xvfb::start();
     // The user does not know the target's password: the client sends another one.
@@ -106,14 +121,19 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
             format!("/v:{}", issued.address),
             format!("/pcb:{}", issued.ticket),
             // As `jit-gateway rdp` prints it: the gateway's certificate pinned.
-            format!("/cert:fingerprint:sha256:{}", issued.certificate_sha256.clone().expect("the gateway's fingerprint")),
+            format!(
+                "/cert:fingerprint:sha256:{}",
+                issued.certificate_sha256.clone().expect("the gateway's fingerprint")
+            ),
             "/size:800x600".into(),
             "/u:someone".into(),
             "/p:not-the-password".into(),
             "+clipboard".into(),
         ],
     );
-    let logged_in = eventually(Duration::from_secs(30), || xrdp.log().contains(&format!("login successful for user {RDP_USER}"))).await;
+    let logged_in =
+        eventually(Duration::from_secs(30), || xrdp.log().contains(&format!("login successful for user {RDP_USER}")))
+            .await;
     assert!(logged_in, "xrdp log: {}\nxfreerdp: {}", xrdp.log(), client.log());
     assert_eq!(gw.gateway.sessions.list().len(), 1);
     // Let the desktop (an xterm) draw, then type into it.
@@ -131,8 +151,15 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
     let revoke = gw.cli(&["grant", "revoke", &grant, "--reason", "change window over"]).await;
     assert!(revoke.status.success(), "{}", text(&revoke.stderr));
     let revoked = Instant::now();
-    assert!(eventually(Duration::from_secs(1), || gw.gateway.sessions.list().is_empty()).await, "the RDP session ends within 1 s of the revocation");
-    assert!(eventually(Duration::from_secs(5), || client.exited().is_some()).await, "xfreerdp is disconnected: {}", client.log());
+    assert!(
+        eventually(Duration::from_secs(1), || gw.gateway.sessions.list().is_empty()).await,
+        "the RDP session ends within 1 s of the revocation"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || client.exited().is_some()).await,
+        "xfreerdp is disconnected: {}",
+        client.log()
+    );
     eprintln!("RDP session ended {:?} after the revocation", revoked.elapsed());
 
     // The recording: sealed, signed, without the password, and it renders.
@@ -141,21 +168,37 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
     let file = &files[0];
     assert!(eventually(Duration::from_secs(10), || jit_gateway::recording::seal::manifest_path(file).exists()).await);
     let data = std::fs::read(file).unwrap();
-    assert!(!contains(&data, password.as_bytes()) && !contains(&data, &utf16(&password)), "the password never reaches the recording");
+    assert!(
+        !contains(&data, password.as_bytes()) && !contains(&data, &utf16(&password)),
+        "the password never reaches the recording"
+    );
     assert!(!contains(&data, &utf16("not-the-password")), "nor the one the client typed");
     // Keystrokes are not kept by default: nothing fast-path (input) from the client.
     let parsed = jit_gateway::recording::rdp_format::read(&data).unwrap();
     assert!(!parsed.header.input_recorded);
-    let from_client: Vec<_> = parsed.records.iter().filter(|r| r.kind == jit_gateway::recording::rdp_format::FROM_CLIENT).collect();
-    assert!(!from_client.is_empty() && from_client.iter().all(|r| r.data.first() == Some(&0x03)), "only X.224 frames from the client");
+    let from_client: Vec<_> =
+        parsed.records.iter().filter(|r| r.kind == jit_gateway::recording::rdp_format::FROM_CLIENT).collect();
+    assert!(
+        !from_client.is_empty() && from_client.iter().all(|r| r.data.first() == Some(&0x03)),
+        "only X.224 frames from the client"
+    );
     let verify = gw.cli(&["verify", file.to_str().unwrap()]).await;
-    assert!(verify.status.success() && text(&verify.stdout).contains("hash chain intact"), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    assert!(
+        verify.status.success() && text(&verify.stdout).contains("hash chain intact"),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
 
     let frames = tempfile::tempdir().unwrap();
-    let replay = gw.cli(&["replay", file.to_str().unwrap(), "--frames", frames.path().to_str().unwrap(), "--every", "500ms"]).await;
+    let replay = gw
+        .cli(&["replay", file.to_str().unwrap(), "--frames", frames.path().to_str().unwrap(), "--every", "500ms"])
+        .await;
     assert!(replay.status.success(), "{}", text(&replay.stderr));
     eprintln!("{}", text(&replay.stdout));
-    let summary = jit_gateway::rdp::replay::render_frames(&data, &frames.path().join("again"), Duration::from_millis(500)).unwrap();
+    let summary =
+        jit_gateway::rdp::replay::render_frames(&data, &frames.path().join("again"), Duration::from_millis(500))
+            .unwrap();
     assert!(summary.frames_written >= 2, "{summary:?}");
     assert!(summary.graphics_updates >= 20, "decoded graphics updates: {summary:?}");
     assert_eq!((summary.width, summary.height), (800, 600));
@@ -173,7 +216,10 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
         }
     }
     let audit = audit_text(&gw).await;
-    let decision = audit.lines().find(|l| l.contains("\"kind\":\"rdp.channels\"")).unwrap_or_else(|| panic!("channel decision audited: {audit}"));
+    let decision = audit
+        .lines()
+        .find(|l| l.contains("\"kind\":\"rdp.channels\""))
+        .unwrap_or_else(|| panic!("channel decision audited: {audit}"));
     let decision: serde_json::Value = serde_json::from_str(decision).unwrap();
     let dropped = decision["details"]["channels_dropped"].as_array().unwrap();
     assert!(dropped.iter().any(|c| c == "cliprdr") && decision["details"]["clipboard"] == false, "{decision}");
@@ -221,9 +267,21 @@ async fn rdp_nla_targets_get_the_configured_credential_from_the_gateway() {
         async move {
             let mut client = XFreeRdp::start(
                 &display,
-                &[format!("/v:{address}"), format!("/pcb:{ticket}"), "/cert:ignore".into(), "/sec:tls".into(), "/u:shadowuser".into(), "/p:".into(), "+auth-only".into()],
+                &[
+                    format!("/v:{address}"),
+                    format!("/pcb:{ticket}"),
+                    "/cert:ignore".into(),
+                    "/sec:tls".into(),
+                    "/u:shadowuser".into(),
+                    "/p:".into(),
+                    "+auth-only".into(),
+                ],
             );
-            assert!(eventually(Duration::from_secs(30), || client.exited().is_some()).await, "xfreerdp finishes: {}", client.log());
+            assert!(
+                eventually(Duration::from_secs(30), || client.exited().is_some()).await,
+                "xfreerdp finishes: {}",
+                client.log()
+            );
             (client.exited().unwrap(), client.log())
         }
     };
@@ -284,7 +342,12 @@ use jit_gateway::clock::Clock as _;
 async fn rdp_tickets_that_are_missing_forged_expired_reused_revoked_or_for_another_target_are_refused() {
     let target = FakeTarget::start().await;
     let other = FakeTarget::start().await;
-    let extra = format!("{}{}{}", rdp_section(), rdp_target("vm2", target.port, None, None), rdp_target("vm3", other.port, None, None));
+    let extra = format!(
+        "{}{}{}",
+        rdp_section(),
+        rdp_target("vm2", target.port, None, None),
+        rdp_target("vm3", other.port, None, None)
+    );
     let Some(f) = flow(&extra).await else { return };
     let gw = &f.gw;
     let addr = rdp_addr(gw);
@@ -292,12 +355,20 @@ async fn rdp_tickets_that_are_missing_forged_expired_reused_revoked_or_for_anoth
     // Through the API and CLI, with a real sign-in.
     let alice = gw.login(&f.provider, "alice").await;
     let refused = gw.cli_as(&alice, &["rdp", "vm2", "--out", gw.dir.join("none.rdp").to_str().unwrap()]).await;
-    assert!(!refused.status.success() && text(&refused.stderr).contains("no grant for vm2 over rdp"), "{}", text(&refused.stderr));
+    assert!(
+        !refused.status.success() && text(&refused.stderr).contains("no grant for vm2 over rdp"),
+        "{}",
+        text(&refused.stderr)
+    );
     let grant = gw.grant_rdp(ALICE, "vm2", &["Administrator"], Duration::from_secs(600), &[]).await;
     let file = gw.dir.join("vm2.rdp");
     let made = gw.cli_as(&alice, &["rdp", "vm2", "--out", file.to_str().unwrap()]).await;
     assert!(made.status.success(), "{}", text(&made.stderr));
-    assert!(text(&made.stdout).contains("xfreerdp /v:") && text(&made.stdout).contains("/pcb:jgwrdp1."), "{}", text(&made.stdout));
+    assert!(
+        text(&made.stdout).contains("xfreerdp /v:") && text(&made.stdout).contains("/pcb:jgwrdp1."),
+        "{}",
+        text(&made.stdout)
+    );
     let pem = std::fs::read_to_string(gw.tls_certificate()).unwrap();
     let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).next().unwrap().unwrap();
     let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
@@ -319,14 +390,23 @@ async fn rdp_tickets_that_are_missing_forged_expired_reused_revoked_or_for_anoth
     let now = jit_gateway::clock::SystemClock.now_ms();
     assert!(knock(&addr, Some(&mint(gw, &grant, "vm2", "Administrator", now - 1))).await.is_empty(), "expired");
     // A signed ticket for a target the grant does not cover.
-    assert!(knock(&addr, Some(&mint(gw, &grant, "vm3", "Administrator", now + 60_000))).await.is_empty(), "another target");
+    assert!(
+        knock(&addr, Some(&mint(gw, &grant, "vm3", "Administrator", now + 60_000))).await.is_empty(),
+        "another target"
+    );
     // A signed ticket for a login the grant does not allow.
     assert!(knock(&addr, Some(&mint(gw, &grant, "vm2", "root", now + 60_000))).await.is_empty(), "another login");
     assert_eq!((target.count(), other.count()), (0, 0), "nothing reached a target");
 
     // The real ticket works once: the gateway answers with TLS selected.
     let answer = knock(&addr, Some(&from_file)).await;
-    assert!(matches!(wire::parse_connection_confirm(&answer), Ok(wire::ConnectionConfirm::Selected { protocol: wire::PROTOCOL_SSL, .. })), "{answer:?}");
+    assert!(
+        matches!(
+            wire::parse_connection_confirm(&answer),
+            Ok(wire::ConnectionConfirm::Selected { protocol: wire::PROTOCOL_SSL, .. })
+        ),
+        "{answer:?}"
+    );
     assert_eq!(target.count(), 1);
     assert!(knock(&addr, Some(&from_file)).await.is_empty(), "used twice");
     assert_eq!(target.count(), 1);
@@ -347,7 +427,14 @@ async fn rdp_tickets_that_are_missing_forged_expired_reused_revoked_or_for_anoth
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for reason in ["signature is not this gateway", "expired", "used before", "was revoked", "no grant for vm3", "does not allow the login `root`"] {
+    for reason in [
+        "signature is not this gateway",
+        "expired",
+        "used before",
+        "was revoked",
+        "no grant for vm3",
+        "does not allow the login `root`",
+    ] {
         assert!(log.contains(reason), "audited refusal `{reason}`: {log}");
     }
     assert!(log.contains("rdp.ticket.issued"), "{log}");
@@ -385,7 +472,9 @@ async fn rdp_garbage_truncated_pdus_and_clients_that_stop_mid_tls_leave_the_gate
         .collect();
     assert!(closes(garbage).await.is_empty());
     assert!(closes(vec![0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]).await.is_empty());
-    let pdu = wire::encode_preconnection(&jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap().ticket);
+    let pdu = wire::encode_preconnection(
+        &jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap().ticket,
+    );
     assert!(closes(pdu[..pdu.len() / 2].to_vec()).await.is_empty());
     assert_eq!(target.count(), 0);
 
@@ -421,10 +510,12 @@ async fn rdp_xrdp_an_ironrdp_client_connects_through_the_gateway() {
     gw.grant_rdp(ALICE, "vm2", &[RDP_USER], Duration::from_secs(600), &[]).await;
     let issued = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap();
     let address = issued.address.clone();
-    let outcome = tokio::task::spawn_blocking(move || support::ironrdp_client::connect(&address, &issued.ticket, Duration::from_secs(6)))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("IronRDP through the gateway: {e}\nxrdp: {}", xrdp.log()));
+    let outcome = tokio::task::spawn_blocking(move || {
+        support::ironrdp_client::connect(&address, &issued.ticket, Duration::from_secs(6))
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("IronRDP through the gateway: {e}\nxrdp: {}", xrdp.log()));
     eprintln!("{outcome:?}");
     assert!(xrdp.log().contains(&format!("login successful for user {RDP_USER}")), "{}", xrdp.log());
     assert_eq!((outcome.width, outcome.height), (1024, 768));
@@ -448,9 +539,17 @@ async fn rdp_opens_the_vms_rdp_port_in_azure_for_the_gateway_while_the_grant_las
         target.port
     );
     let gw = Gw::start(support::prepare(), GwOptions { extra, ..Default::default() }).await;
-    assert!(eventually(Duration::from_secs(15), || gw.gateway.inventory.get("vm2").is_some_and(|t| t.address == "127.0.0.1")).await);
+    assert!(
+        eventually(Duration::from_secs(15), || gw
+            .gateway
+            .inventory
+            .get("vm2")
+            .is_some_and(|t| t.address == "127.0.0.1"))
+        .await
+    );
     let grant = gw.grant_rdp(ALICE, "vm2", &["Administrator"], Duration::from_secs(600), &[]).await;
-    let rules = |fake: &FakeArm| fake.gateway_rules(fake_arm::NSG_NIC).len() + fake.gateway_rules(fake_arm::NSG_SUBNET).len();
+    let rules =
+        |fake: &FakeArm| fake.gateway_rules(fake_arm::NSG_NIC).len() + fake.gateway_rules(fake_arm::NSG_SUBNET).len();
     assert_eq!(rules(&fake), 0, "nothing is open before a session needs it");
 
     let ticket = jit_gateway::rdp::issue_ticket(&gw.gateway, ALICE, "vm2", None).await.unwrap().ticket;

@@ -57,7 +57,8 @@ async fn a_terminal_session_is_recorded_as_asciicast_and_replays() {
     if support::need("asciinema") {
         // asciinema wants a terminal even to print; `script` gives it one.
         let command = format!("asciinema cat {}", path.display());
-        let out = std::process::Command::new("script").args(["-q", "-e", "-c", &command, "/dev/null"]).output().unwrap();
+        let out =
+            std::process::Command::new("script").args(["-q", "-e", "-c", &command, "/dev/null"]).output().unwrap();
         assert!(out.status.success(), "asciinema reads it: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("recorded-marker-42"));
     }
@@ -87,7 +88,8 @@ async fn a_live_session_reaches_the_disk_within_a_second_and_keeps_input_when_co
     // While the session is still open, the output is already in the file.
     let on_disk = eventually(Duration::from_secs(2), || {
         std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
-            e.path().extension().is_some_and(|x| x == "cast") && std::fs::read_to_string(e.path()).unwrap_or_default().contains("flushed-42")
+            e.path().extension().is_some_and(|x| x == "cast")
+                && std::fs::read_to_string(e.path()).unwrap_or_default().contains("flushed-42")
         })
     })
     .await;
@@ -96,7 +98,8 @@ async fn a_live_session_reaches_the_disk_within_a_second_and_keeps_input_when_co
     term.send(&["exit", "Enter"]);
     assert!(eventually(Duration::from_secs(10), || term.ended()).await, "the session ends: {}", term.screen());
     let rec = sealed_recordings(&w, RecordingKind::Pty, 1).await.remove(0);
-    let (_, events) = asciicast::parse(&std::fs::read_to_string(w.gw.recordings_dir().join(&rec.file)).unwrap()).unwrap();
+    let (_, events) =
+        asciicast::parse(&std::fs::read_to_string(w.gw.recordings_dir().join(&rec.file)).unwrap()).unwrap();
     let typed: String = events.iter().filter(|e| e.code == "i").map(|e| e.data.as_str()).collect();
     assert!(typed.contains("echo flushed-$((40+2))"), "keystrokes are kept with record_input: {typed:?}");
 }
@@ -134,10 +137,17 @@ async fn a_command_recording_keeps_its_command_line_exit_status_and_output() {
 
     let replay = w.gw.cli(&["replay", "--instant", &rec.id]).await;
     assert_eq!(text(&replay.stdout), "exec-output\n");
-    assert!(text(&replay.stderr).contains("$ echo exec-output") && text(&replay.stderr).contains("exit status 4"), "{}", text(&replay.stderr));
+    assert!(
+        text(&replay.stderr).contains("$ echo exec-output") && text(&replay.stderr).contains("exit status 4"),
+        "{}",
+        text(&replay.stderr)
+    );
     let listed = w.gw.cli(&["recordings"]).await;
     let listing = text(&listed.stdout);
-    assert!(listing.contains(&rec.id) && listing.contains("alice@example.test") && listing.contains("vm1"), "{listing}");
+    assert!(
+        listing.contains(&rec.id) && listing.contains("alice@example.test") && listing.contains("vm1"),
+        "{listing}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +159,9 @@ async fn command_output_past_the_cap_is_counted_and_hashed_not_kept() {
     assert!(rec.size.unwrap() < 30_000, "compressed and capped: {} bytes", rec.size.unwrap());
     assert!(rec.note.as_deref().unwrap_or("").contains("counted and hashed"));
     let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(w.gw.recordings_dir().join(&rec.file)).unwrap()).read_to_end(&mut raw).unwrap();
+    flate2::read::GzDecoder::new(std::fs::File::open(w.gw.recordings_dir().join(&rec.file)).unwrap())
+        .read_to_end(&mut raw)
+        .unwrap();
     let mut decoder = Decoder::new(raw.as_slice()).unwrap();
     let mut kept = 0;
     let mut trailer = None;
@@ -175,7 +187,8 @@ async fn a_session_whose_recording_cannot_be_written_is_ended() {
     let Some(w) = World::new("").await else { return };
     // A full disk: the recordings directory on a 64 KiB filesystem.
     let dir = w.gw.recordings_dir();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&dir).status();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&dir).status();
     if !matches!(mounted, Ok(s) if s.success()) {
         assert!(!support::ci(), "mounting a small tmpfs failed (the test needs root)");
         eprintln!("skipping: cannot mount a tmpfs here");
@@ -192,5 +205,9 @@ async fn a_session_whose_recording_cannot_be_written_is_ended() {
     let stderr = text(&out.stderr);
     assert!(!text(&out.stdout).contains("not-reached"));
     assert!(out.stdout.len() < 20_000_000, "the session stopped before the end");
-    assert!(stderr.contains("session recording could not be written"), "stderr: {stderr} (stdout {} bytes)", out.stdout.len());
+    assert!(
+        stderr.contains("session recording could not be written"),
+        "stderr: {stderr} (stdout {} bytes)",
+        out.stdout.len()
+    );
 }

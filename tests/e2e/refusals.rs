@@ -58,7 +58,11 @@ async fn refused_requests_say_why_and_never_reach_a_target() {
     let shared = Client::new(&gw, "carol", &control);
     gw.bind_key(&shared.public_key, "carol@example.test", "carol").await;
     let out = shared.exec("vm2", "true", None).await;
-    assert!(text(&out.stderr).contains("you (carol@example.test) have no grant for vm2"), "through a shared connection: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("you (carol@example.test) have no grant for vm2"),
+        "through a shared connection: {}",
+        text(&out.stderr)
+    );
     let _ = shared.ssh(&["-O", "exit", "jit-gateway"], None).await;
 
     assert_eq!(vm2.hits() + vm3.hits() + raw.hits(), 0, "no connection may leave the gateway for a refused request");
@@ -92,8 +96,10 @@ async fn a_host_key_recorded_on_first_use_must_not_change() {
     let Some(crate::World { gw, sshd, alice, .. }) = crate::World::new("").await else { return };
     let first = alice.exec("vm1", "echo first", None).await;
     assert_eq!(text(&first.stdout).trim(), "first", "{}", text(&first.stderr));
-    let recorded = blocking(&gw.gateway.store, |s| s.pinned_host_key("vm1")).await.unwrap().expect("recorded on first use");
-    let genuine = jit_gateway::keys::openssh_line(&russh::keys::PublicKey::from_openssh(sshd.host_key_public.trim()).unwrap());
+    let recorded =
+        blocking(&gw.gateway.store, |s| s.pinned_host_key("vm1")).await.unwrap().expect("recorded on first use");
+    let genuine =
+        jit_gateway::keys::openssh_line(&russh::keys::PublicKey::from_openssh(sshd.host_key_public.trim()).unwrap());
     assert_eq!(recorded, genuine);
 
     // The target comes back on the same address with another key (someone in the middle).

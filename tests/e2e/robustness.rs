@@ -14,7 +14,10 @@ async fn garbage_stalled_handshakes_and_connection_storms_leave_the_gateway_serv
     let addr = format!("127.0.0.1:{}", w.gw.port);
 
     // Garbage instead of a version line, and garbage after a valid one.
-    for junk in [&b"\x00\xff\x13GET / HTTP/1.1\r\n\r\n"[..], &b"SSH-2.0-junk\r\n\x00\x00\x00\x05\x14garbage-garbage-garbage"[..]] {
+    for junk in [
+        &b"\x00\xff\x13GET / HTTP/1.1\r\n\r\n"[..],
+        &b"SSH-2.0-junk\r\n\x00\x00\x00\x05\x14garbage-garbage-garbage"[..],
+    ] {
         let mut s = TcpStream::connect(&addr).await.unwrap();
         let _ = s.write_all(junk).await;
         let mut buf = vec![0u8; 4096];
@@ -37,9 +40,10 @@ async fn garbage_stalled_handshakes_and_connection_storms_leave_the_gateway_serv
             let addr = addr.clone();
             tokio::spawn(async move {
                 if let Ok(mut s) = TcpStream::connect(&addr).await
-                    && i % 3 == 0 {
-                        let _ = s.write_all(b"SSH-2.0-storm\r\n").await;
-                    }
+                    && i % 3 == 0
+                {
+                    let _ = s.write_all(b"SSH-2.0-storm\r\n").await;
+                }
             })
         })
         .collect();

@@ -22,7 +22,17 @@ impl Tmux {
     pub fn start(command: &str, cols: u16, rows: u16) -> Tmux {
         let socket = format!("jitgw-{}", jit_gateway::ids::new_id("t"));
         let ok = Command::new("tmux")
-            .args(["-L", &socket, "new-session", "-d", "-x", &cols.to_string(), "-y", &rows.to_string(), &format!("{command}; echo \"{EXITED}$?]\"")])
+            .args([
+                "-L",
+                &socket,
+                "new-session",
+                "-d",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+                &format!("{command}; echo \"{EXITED}$?]\""),
+            ])
             .status()
             .unwrap();
         assert!(ok.success());
@@ -85,7 +95,10 @@ async fn commands_get_stdin_stdout_stderr_and_their_exit_status() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), format!("line one\nline two\n{LOGIN}\n"));
     assert!(text(&out.stderr).contains("to-stderr"));
-    assert!(w.sshd.log().contains("Accepted certificate ID \"jit-gateway user=alice@example.test"), "certificate login on the VM");
+    assert!(
+        w.sshd.log().contains("Accepted certificate ID \"jit-gateway user=alice@example.test"),
+        "certificate login on the VM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,9 +119,17 @@ async fn a_terminal_session_resizes_interrupts_and_exits_with_its_status() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     term.send(&["C-c"]);
     term.send(&["echo interrupted-$?", "Enter"]);
-    assert!(term.wait_for("interrupted-130", Duration::from_secs(5)).await, "Ctrl-C reaches the target: {}", term.screen());
+    assert!(
+        term.wait_for("interrupted-130", Duration::from_secs(5)).await,
+        "Ctrl-C reaches the target: {}",
+        term.screen()
+    );
     term.send(&["exit 5", "Enter"]);
-    assert!(eventually(Duration::from_secs(10), || term.exit_status().is_some()).await, "the session ends: {}", term.screen());
+    assert!(
+        eventually(Duration::from_secs(10), || term.exit_status().is_some()).await,
+        "the session ends: {}",
+        term.screen()
+    );
     assert_eq!(term.exit_status(), Some(5), "{}", term.screen());
 }
 
@@ -174,7 +195,8 @@ async fn control_master_connections_multiplex_sessions() {
     assert!(check.status.success(), "the master connection is up: {}", text(&check.stderr));
 
     // Multiplexing on the target side: several sessions over one inner connection.
-    let target_options = format!("Host vm1\n  ControlMaster auto\n  ControlPath {}/vm1-%C\n  ControlPersist 30\n", shared.dir.display());
+    let target_options =
+        format!("Host vm1\n  ControlMaster auto\n  ControlPath {}/vm1-%C\n  ControlPersist 30\n", shared.dir.display());
     let mut config = std::fs::read_to_string(&shared.config).unwrap();
     config = format!("{target_options}{config}");
     std::fs::write(&shared.config, config).unwrap();
@@ -200,12 +222,18 @@ async fn forwards_through_the_target_need_a_grant_that_allows_them() {
     // -W asks the target to connect onward: here, to its own sshd, whose banner comes back.
     let mut cmd = tokio::process::Command::new("ssh");
     cmd.arg("-F").arg(&w.alice.config).args(["-o", "BatchMode=yes", "-J", "jit-gateway", "-W", &through, &destination]);
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut banner = vec![0u8; 8];
     use tokio::io::AsyncReadExt;
-    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut banner)).await.expect("banner in time").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut banner))
+        .await
+        .expect("banner in time")
+        .unwrap();
     assert_eq!(&banner, b"SSH-2.0-", "the forward reached the target's own sshd");
     let _ = child.kill().await;
 }
@@ -218,10 +246,15 @@ async fn with_forwarded_agent(client: &Client, command: &str) -> std::process::O
     let added = Command::new("ssh-add").env("SSH_AUTH_SOCK", &agent_socket).arg(&client.key).output().unwrap();
     assert!(added.status.success(), "{}", text(&added.stderr));
     let mut cmd = tokio::process::Command::new("ssh");
-    cmd.env("SSH_AUTH_SOCK", &agent_socket)
-        .arg("-F")
-        .arg(&client.config)
-        .args(["-A", "-o", "BatchMode=yes", "-J", "jit-gateway", &format!("{LOGIN}@vm1"), command]);
+    cmd.env("SSH_AUTH_SOCK", &agent_socket).arg("-F").arg(&client.config).args([
+        "-A",
+        "-o",
+        "BatchMode=yes",
+        "-J",
+        "jit-gateway",
+        &format!("{LOGIN}@vm1"),
+        command,
+    ]);
     let out = support::run(&mut cmd, None, Duration::from_secs(30)).await;
     let _ = agent.kill();
     let _ = agent.wait();
@@ -235,14 +268,16 @@ async fn agent_forwarding_works_when_configured() {
     }
     let prepared = support::prepare();
     let sshd = support::Sshd::start(&prepared.target_ca);
-    let options = support::GwOptions { sshd_port: Some(sshd.port), ..Default::default() }.with_ssh("allow_agent_forwarding = true");
+    let options = support::GwOptions { sshd_port: Some(sshd.port), ..Default::default() }
+        .with_ssh("allow_agent_forwarding = true");
     let gw = support::Gw::start(prepared, options).await;
     let alice = Client::new(&gw, "alice", "");
     gw.bind_key(&alice.public_key, "alice@example.test", "alice").await;
     gw.grant("alice@example.test", "vm1", &[LOGIN], Duration::from_secs(600)).await;
     let out = with_forwarded_agent(&alice, "ssh-add -l").await;
     let listed = text(&out.stdout);
-    let fingerprint = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
+    let fingerprint =
+        jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
     assert!(listed.contains(&fingerprint), "the client's agent answers on the target: {listed} {}", text(&out.stderr));
 }
 
@@ -261,7 +296,20 @@ async fn a_key_bound_by_the_local_admin_logs_in_until_it_is_unbound() {
     let Some(w) = World::new("").await else { return };
     let runner = Client::new(&w.gw, "ci-runner", "");
     let key_file = runner.key.with_extension("pub");
-    let bound = w.gw.cli(&["key", "bind", "--user", "ci-runner@example.test", "--login-name", "ci-runner", "--public-key", key_file.to_str().unwrap(), "--for", "1h"]).await;
+    let bound =
+        w.gw.cli(&[
+            "key",
+            "bind",
+            "--user",
+            "ci-runner@example.test",
+            "--login-name",
+            "ci-runner",
+            "--public-key",
+            key_file.to_str().unwrap(),
+            "--for",
+            "1h",
+        ])
+        .await;
     assert!(bound.status.success(), "{}", text(&bound.stderr));
     w.gw.grant("ci-runner@example.test", "vm1", &[LOGIN], Duration::from_secs(600)).await;
     let out = runner.exec("vm1", "echo automation", None).await;

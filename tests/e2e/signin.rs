@@ -36,7 +36,12 @@ async fn sign_in_world(rogue_keys: bool) -> Option<SignInWorld> {
 
 /// Runs `ssh -J` with no terminal, approves (or denies) the code it prints as
 /// `approver`, and returns the finished process output.
-async fn ssh_with_device_flow(client: &Client, provider: &Provider, approver: &str, deny: bool) -> (std::process::Output, String) {
+async fn ssh_with_device_flow(
+    client: &Client,
+    provider: &Provider,
+    approver: &str,
+    deny: bool,
+) -> (std::process::Output, String) {
     let destination = format!("{LOGIN}@vm1");
     let mut child = tokio::process::Command::new("setsid")
         .arg("ssh")
@@ -73,7 +78,8 @@ async fn ssh_with_device_flow(client: &Client, provider: &Provider, approver: &s
         }
         more
     });
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("ssh finishes").unwrap();
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("ssh finishes").unwrap();
     shown.push_str(&rest.await.unwrap());
     (output, shown)
 }
@@ -84,7 +90,10 @@ async fn first_connection_signs_in_with_the_device_flow_and_the_next_is_silent()
     let alice = Client::new(&w.gw, "alice", "");
 
     let (out, shown) = ssh_with_device_flow(&alice, &w.provider, "alice", false).await;
-    assert!(shown.contains("http://127.0.0.1:") && shown.contains("/device?user_code="), "instructions show the URL: {shown}");
+    assert!(
+        shown.contains("http://127.0.0.1:") && shown.contains("/device?user_code="),
+        "instructions show the URL: {shown}"
+    );
     assert_eq!(text(&out.stdout).trim(), "signed-in-ok", "stderr: {shown}");
     assert!(out.status.success());
 
@@ -168,8 +177,10 @@ async fn id_tokens_for_another_audience_or_past_their_expiry_are_refused() {
     ))
     .unwrap();
     // A clock of its own, at the token's issue time: the token (2 s lifetime) is fresh, then an hour old.
-    let claims: serde_json::Value =
-        serde_json::from_slice(&data_encoding::BASE64URL_NOPAD.decode(short.split('.').nth(1).unwrap().as_bytes()).unwrap()).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &data_encoding::BASE64URL_NOPAD.decode(short.split('.').nth(1).unwrap().as_bytes()).unwrap(),
+    )
+    .unwrap();
     let short_clock = ManualClock::starting_at(claims["iat"].as_i64().unwrap() * 1000);
     let short_oidc = OidcClient::new(&short_config, short_clock.clone()).unwrap();
     short_oidc.verify_id_token(&short, None).await.expect("fresh short-lived token verifies");

@@ -45,15 +45,35 @@ async fn scp_sftp_and_rsync_move_multi_megabyte_files_intact_both_ways() {
         all
     };
     steps.push(("scp up", run("scp", with_jump(vec!["-q".into(), original.display().to_string(), remote("scp.bin")]))));
-    steps.push(("scp down", run("scp", with_jump(vec!["-q".into(), remote("scp.bin"), dir.join("scp.back").display().to_string()]))));
+    steps.push((
+        "scp down",
+        run("scp", with_jump(vec!["-q".into(), remote("scp.bin"), dir.join("scp.back").display().to_string()])),
+    ));
     let batch = dir.join("sftp.batch");
-    std::fs::write(&batch, format!("put {} {remote_dir}/sftp.bin\nget {remote_dir}/sftp.bin {}\n", original.display(), dir.join("sftp.back").display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {remote_dir}/sftp.bin\nget {remote_dir}/sftp.bin {}\n",
+            original.display(),
+            dir.join("sftp.back").display()
+        ),
+    )
+    .unwrap();
     let mut sftp_args = with_jump(vec!["-b".into(), batch.display().to_string()]);
     sftp_args.push(format!("{LOGIN}@vm1"));
     steps.push(("sftp", run("sftp", sftp_args)));
     let rsh = format!("ssh -F {config} -o BatchMode=yes -J jit-gateway");
-    steps.push(("rsync up", run("rsync", vec!["-a".into(), "-e".into(), rsh.clone(), original.display().to_string(), remote("rsync.bin")])));
-    steps.push(("rsync down", run("rsync", vec!["-a".into(), "-e".into(), rsh, remote("rsync.bin"), dir.join("rsync.back").display().to_string()])));
+    steps.push((
+        "rsync up",
+        run("rsync", vec!["-a".into(), "-e".into(), rsh.clone(), original.display().to_string(), remote("rsync.bin")]),
+    ));
+    steps.push((
+        "rsync down",
+        run(
+            "rsync",
+            vec!["-a".into(), "-e".into(), rsh, remote("rsync.bin"), dir.join("rsync.back").display().to_string()],
+        ),
+    ));
     for (name, mut cmd) in steps {
         let out = support::run(&mut cmd, None, Duration::from_secs(120)).await;
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
@@ -70,13 +90,15 @@ async fn scp_sftp_and_rsync_move_multi_megabyte_files_intact_both_ways() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let audit = blocking(&w.gw.gateway.store, |s| s.audit_records(1, 10_000)).await.unwrap();
     let files: Vec<&serde_json::Value> = audit.iter().filter(|r| r.kind == "sftp.file").map(|r| &r.details).collect();
-    for (op, name) in [("upload", "scp.bin"), ("download", "scp.bin"), ("upload", "sftp.bin"), ("download", "sftp.bin")] {
+    for (op, name) in [("upload", "scp.bin"), ("download", "scp.bin"), ("upload", "sftp.bin"), ("download", "sftp.bin")]
+    {
         let found = files.iter().find(|d| d["op"] == op && d["path"].as_str().is_some_and(|p| p.ends_with(name)));
         let found = found.unwrap_or_else(|| panic!("no {op} of {name} in {files:?}"));
         assert_eq!(found["bytes"], 8 << 20);
         assert_eq!(found["sha256"], want.as_str());
         assert_eq!(found["status"], "ok");
     }
-    let execs: Vec<&str> = audit.iter().filter(|r| r.kind == "ssh.exec").filter_map(|r| r.details["command"].as_str()).collect();
+    let execs: Vec<&str> =
+        audit.iter().filter(|r| r.kind == "ssh.exec").filter_map(|r| r.details["command"].as_str()).collect();
     assert!(execs.iter().any(|c| c.starts_with("rsync --server")), "rsync runs as a recorded command: {execs:?}");
 }

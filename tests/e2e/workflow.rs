@@ -51,13 +51,19 @@ pub async fn flow(extra: &str) -> Option<Flow> {
     let provider = Provider::start()?;
     let prepared = support::prepare();
     let sshd = Sshd::start(&prepared.target_ca);
-    let options = GwOptions { issuer: provider.issuer.clone(), sshd_port: Some(sshd.port), extra: format!("{extra}\n{POLICY}"), ..Default::default() };
+    let options = GwOptions {
+        issuer: provider.issuer.clone(),
+        sshd_port: Some(sshd.port),
+        extra: format!("{extra}\n{POLICY}"),
+        ..Default::default()
+    };
     let gw = Gw::start(prepared, options).await;
     Some(Flow { provider, gw, sshd })
 }
 
 fn request_id(out: &std::process::Output) -> String {
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("json: {} {}", text(&out.stdout), text(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("json: {} {}", text(&out.stdout), text(&out.stderr)));
     v["request"]["id"].as_str().unwrap().to_string()
 }
 
@@ -76,10 +82,15 @@ async fn bob_requests_alice_approves_and_bob_connects() {
     assert!(!long.status.success());
     assert!(text(&long.stderr).contains("5h is longer than the 4h allowed for vm1"), "{}", text(&long.stderr));
 
-    let asked = f.gw.cli_as(&bob, &["request", "vm1", "--login", "admin", "--for", "2h", "--reason", "INC-4711 disk full"]).await;
+    let asked =
+        f.gw.cli_as(&bob, &["request", "vm1", "--login", "admin", "--for", "2h", "--reason", "INC-4711 disk full"])
+            .await;
     assert!(asked.status.success(), "{}", text(&asked.stderr));
     let said = text(&asked.stdout);
-    assert!(said.contains("pending") && said.contains("from the role ops") && said.contains("alice@example.test"), "the requester sees who can approve: {said}");
+    assert!(
+        said.contains("pending") && said.contains("from the role ops") && said.contains("alice@example.test"),
+        "the requester sees who can approve: {said}"
+    );
     let listed = f.gw.cli_as(&bob, &["requests", "--mine", "--json"]).await;
     let mine: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     let id = mine["mine"][0]["id"].as_str().unwrap().to_string();
@@ -106,7 +117,11 @@ async fn bob_requests_alice_approves_and_bob_connects() {
     let out = bob_ssh.exec("vm1", "echo bob-is-in", None).await;
     assert_eq!(text(&out.stdout).trim(), "bob-is-in", "{}", text(&out.stderr));
     let grants = f.gw.cli_as(&bob, &["grants"]).await;
-    assert!(text(&grants.stdout).contains("live") && text(&grants.stdout).contains("INC-4711 disk full"), "{}", text(&grants.stdout));
+    assert!(
+        text(&grants.stdout).contains("live") && text(&grants.stdout).contains("INC-4711 disk full"),
+        "{}",
+        text(&grants.stdout)
+    );
 
     // alice (admin) revokes through the API; bob is out again.
     let gid = {
@@ -120,8 +135,13 @@ async fn bob_requests_alice_approves_and_bob_connects() {
     assert!(text(&after.stderr).contains("was revoked by alice@example.test: done"), "{}", text(&after.stderr));
 
     let audit = f.gw.cli_as(&alice, &["audit", "--jsonl", "--user", "bob@example.test"]).await;
-    let kinds: Vec<String> = text(&audit.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string()).collect();
-    for kind in ["request.refused", "request.created", "request.approved", "grant.created", "session.started", "grant.revoked"] {
+    let kinds: Vec<String> = text(&audit.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    for kind in
+        ["request.refused", "request.created", "request.approved", "grant.created", "session.started", "grant.revoked"]
+    {
         assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
     }
     let verify = f.gw.cli_as(&alice, &["audit", "verify"]).await;
@@ -134,14 +154,22 @@ async fn bob_requests_alice_approves_and_bob_connects() {
 async fn auto_approval_follows_the_rule_and_is_audited() {
     let Some(f) = flow("").await else { return };
     let alice = f.gw.login(&f.provider, "alice").await;
-    let quick = f.gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "30m", "--reason", "oncall page 123", "--json"]).await;
+    let quick =
+        f.gw.cli_as(
+            &alice,
+            &["request", "vm1", "--login", "admin", "--for", "30m", "--reason", "oncall page 123", "--json"],
+        )
+        .await;
     assert!(quick.status.success(), "{}", text(&quick.stderr));
     let v: serde_json::Value = serde_json::from_slice(&quick.stdout).unwrap();
     assert_eq!(v["request"]["state"], "approved");
     assert_eq!(v["request"]["auto_approved"], true);
     assert!(v["grant"]["id"].as_str().is_some());
     // Longer than the auto-approval limit: a colleague must approve.
-    let slow = f.gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "2h", "--reason", "maintenance", "--json"]).await;
+    let slow = f
+        .gw
+        .cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "2h", "--reason", "maintenance", "--json"])
+        .await;
     let v: serde_json::Value = serde_json::from_slice(&slow.stdout).unwrap();
     assert_eq!(v["request"]["state"], "pending");
     let records = blocking(&f.gw.gateway.store, |s| s.audit_records(1, 10_000)).await.unwrap();
@@ -157,7 +185,10 @@ async fn an_approved_grant_that_expires_ends_the_session_within_a_second() {
     }
     let Some(f) = flow("").await else { return };
     let alice = f.gw.login(&f.provider, "alice").await;
-    let quick = f.gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "6s", "--reason", "short check", "--json"]).await;
+    let quick = f
+        .gw
+        .cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "6s", "--reason", "short check", "--json"])
+        .await;
     let v: serde_json::Value = serde_json::from_slice(&quick.stdout).unwrap();
     let expires_ms = v["grant"]["expires_at_ms"].as_i64().expect("auto-approved grant");
     let ssh = Client::new(&f.gw, "alice", "");
@@ -177,11 +208,31 @@ async fn a_restart_keeps_requests_and_grants_and_ends_grants_that_expired_meanwh
     let Flow { provider, mut gw, sshd: _sshd } = f;
     let alice = gw.login(&provider, "alice").await;
     let bob = gw.login(&provider, "bob").await;
-    let pending = request_id(&gw.cli_as(&bob, &["request", "vm1", "--login", "admin", "--for", "1h", "--reason", "after the restart", "--json"]).await);
-    let short = gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "2s", "--reason", "expires while down", "--json"]).await;
-    let short_grant = serde_json::from_slice::<serde_json::Value>(&short.stdout).unwrap()["grant"]["id"].as_str().unwrap().to_string();
-    let long = gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "50m", "--reason", "outlives the restart", "--json"]).await;
-    let long_grant = serde_json::from_slice::<serde_json::Value>(&long.stdout).unwrap()["grant"]["id"].as_str().unwrap().to_string();
+    let pending = request_id(
+        &gw.cli_as(
+            &bob,
+            &["request", "vm1", "--login", "admin", "--for", "1h", "--reason", "after the restart", "--json"],
+        )
+        .await,
+    );
+    let short = gw
+        .cli_as(
+            &alice,
+            &["request", "vm1", "--login", "admin", "--for", "2s", "--reason", "expires while down", "--json"],
+        )
+        .await;
+    let short_grant = serde_json::from_slice::<serde_json::Value>(&short.stdout).unwrap()["grant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long = gw
+        .cli_as(
+            &alice,
+            &["request", "vm1", "--login", "admin", "--for", "50m", "--reason", "outlives the restart", "--json"],
+        )
+        .await;
+    let long_grant =
+        serde_json::from_slice::<serde_json::Value>(&long.stdout).unwrap()["grant"]["id"].as_str().unwrap().to_string();
 
     // Stop before the short grant ends, so the enforcer cannot have processed it.
     let stopped_at = std::time::Instant::now();
@@ -199,14 +250,21 @@ async fn a_restart_keeps_requests_and_grants_and_ends_grants_that_expired_meanwh
     .await;
     assert!(ended, "the grant that expired while the gateway was down is ended at start-up");
     let long = blocking(&gw.gateway.store, move |s| s.grant(&lg)).await.unwrap().expect("kept");
-    assert_eq!(long.status(jit_gateway::clock::Clock::now_ms(&jit_gateway::clock::SystemClock)), jit_gateway::store::GrantStatus::Live);
+    assert_eq!(
+        long.status(jit_gateway::clock::Clock::now_ms(&jit_gateway::clock::SystemClock)),
+        jit_gateway::store::GrantStatus::Live
+    );
     let listed = gw.cli_as(&alice, &["requests", "--to-approve"]).await;
     assert!(text(&listed.stdout).contains(&pending), "the pending request survived: {}", text(&listed.stdout));
     let approved = gw.cli_as(&alice, &["approve", &pending]).await;
     assert!(approved.status.success(), "API sessions survive restarts too: {}", text(&approved.stderr));
     let records = blocking(&gw.gateway.store, |s| s.audit_records(1, 10_000)).await.unwrap();
     let restart_at = records.iter().rposition(|r| r.kind == "gateway.started").unwrap();
-    assert!(records[restart_at..].iter().any(|r| r.kind == "grant.ended.expired" && r.details["grant"] == short_grant.as_str()));
+    assert!(
+        records[restart_at..]
+            .iter()
+            .any(|r| r.kind == "grant.ended.expired" && r.details["grant"] == short_grant.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +272,10 @@ async fn a_tampered_audit_record_is_named_by_audit_verify() {
     let Some(f) = flow("").await else { return };
     let alice = f.gw.login(&f.provider, "alice").await;
     for i in 0..3 {
-        let out = f.gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "10m", "--reason", &format!("task {i}")]).await;
+        let out = f
+            .gw
+            .cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "10m", "--reason", &format!("task {i}")])
+            .await;
         assert!(out.status.success());
     }
     let config = f.gw.config_path.clone();
@@ -222,7 +283,12 @@ async fn a_tampered_audit_record_is_named_by_audit_verify() {
     let _files = f.gw.stop_keep_files().await;
     let verify = |extra: Vec<String>| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-gateway"));
-        cmd.env("JITGW_SESSION", "/nonexistent").arg("--config").arg(&config).args(["audit", "verify", "--db"]).arg(&db).args(extra);
+        cmd.env("JITGW_SESSION", "/nonexistent")
+            .arg("--config")
+            .arg(&config)
+            .args(["audit", "verify", "--db"])
+            .arg(&db)
+            .args(extra);
         cmd
     };
     let ok = support::run(&mut verify(vec![]), None, Duration::from_secs(30)).await;
@@ -255,9 +321,11 @@ async fn bad_input_on_the_api_gets_a_clear_4xx_and_changes_nothing() {
     let token: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bob).unwrap()).unwrap();
     let token = token["token"].as_str().unwrap().to_string();
     let pem = std::fs::read(f.gw.tls_certificate()).unwrap();
-    let http = reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
+    let http =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
     let url = |p: &str| format!("{}/api/v1{p}", f.gw.api_url());
-    let before = blocking(&f.gw.gateway.store, |s| Ok((s.requests()?.len(), s.audit_records(1, 100_000)?.len()))).await.unwrap();
+    let before =
+        blocking(&f.gw.gateway.store, |s| Ok((s.requests()?.len(), s.audit_records(1, 100_000)?.len()))).await.unwrap();
 
     let send = |builder: reqwest::RequestBuilder| async move {
         let r = builder.send().await.unwrap();
@@ -268,13 +336,36 @@ async fn bad_input_on_the_api_gets_a_clear_4xx_and_changes_nothing() {
     let auth = |b: reqwest::RequestBuilder| b.bearer_auth(&token).header("content-type", "application/json");
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
         ("malformed JSON", auth(http.post(url("/requests"))).body("{\"target\": \"vm1\","), 400, ""),
-        ("unknown field", auth(http.post(url("/requests"))).body(r#"{"target":"vm1","logins":["admin"],"duration":"1h","reason":"x","admin":true}"#), 422, "unknown field `admin`"),
+        (
+            "unknown field",
+            auth(http.post(url("/requests")))
+                .body(r#"{"target":"vm1","logins":["admin"],"duration":"1h","reason":"x","admin":true}"#),
+            422,
+            "unknown field `admin`",
+        ),
         ("missing field", auth(http.post(url("/requests"))).body(r#"{"target":"vm1"}"#), 422, "missing field"),
-        ("bad duration", auth(http.post(url("/requests"))).body(r#"{"target":"vm1","logins":["admin"],"duration":"forever","reason":"x"}"#), 422, "duration `forever`"),
-        ("oversized body", auth(http.post(url("/requests"))).body(format!("{{\"reason\": \"{}\"}}", "x".repeat(100_000))), 413, "larger than 64 KiB"),
+        (
+            "bad duration",
+            auth(http.post(url("/requests")))
+                .body(r#"{"target":"vm1","logins":["admin"],"duration":"forever","reason":"x"}"#),
+            422,
+            "duration `forever`",
+        ),
+        (
+            "oversized body",
+            auth(http.post(url("/requests"))).body(format!("{{\"reason\": \"{}\"}}", "x".repeat(100_000))),
+            413,
+            "larger than 64 KiB",
+        ),
         ("not JSON", http.post(url("/requests")).bearer_auth(&token).body("target=vm1"), 415, "application/json"),
         ("no token", http.get(url("/requests")), 401, "missing bearer token"),
-        ("forged token", http.get(url("/requests")).bearer_auth("jgw1.a-aaaaaaaaaaaaaaaa.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), 401, "not this gateway's"),
+        (
+            "forged token",
+            http.get(url("/requests"))
+                .bearer_auth("jgw1.a-aaaaaaaaaaaaaaaa.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            401,
+            "not this gateway's",
+        ),
         ("garbage token", http.get(url("/requests")).bearer_auth("x.y"), 401, "not a gateway session token"),
         ("unknown endpoint", auth(http.get(url("/nope"))), 404, "no such endpoint"),
         ("unknown request", auth(http.post(url("/requests/q-zzzzzzzzzzzzzzzz/approve"))).body("{}"), 404, "not found"),
@@ -301,7 +392,8 @@ async fn bad_input_on_the_api_gets_a_clear_4xx_and_changes_nothing() {
     let (status, _) = send(http.get(url("/me")).bearer_auth(&foreign)).await;
     assert_eq!(status, 401);
 
-    let after = blocking(&f.gw.gateway.store, |s| Ok((s.requests()?.len(), s.audit_records(1, 100_000)?.len()))).await.unwrap();
+    let after =
+        blocking(&f.gw.gateway.store, |s| Ok((s.requests()?.len(), s.audit_records(1, 100_000)?.len()))).await.unwrap();
     assert_eq!(before, after, "nothing changed");
     let (status, _) = send(http.get(url("/health"))).await;
     assert_eq!(status, 200, "still serving");
@@ -314,7 +406,15 @@ async fn signing_in_with_a_browser_uses_authorization_code_and_pkce() {
     let session = f.gw.dir.join("browser-session.json");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-gateway"))
         .env("JITGW_SESSION", &session)
-        .args(["login", "--browser", "--no-open", "--gateway", &f.gw.api_url(), "--ca-file", f.gw.tls_certificate().to_str().unwrap()])
+        .args([
+            "login",
+            "--browser",
+            "--no-open",
+            "--gateway",
+            &f.gw.api_url(),
+            "--ca-file",
+            f.gw.tls_certificate().to_str().unwrap(),
+        ])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -334,7 +434,10 @@ async fn signing_in_with_a_browser_uses_authorization_code_and_pkce() {
     .expect("the sign-in URL");
     assert!(url.contains("code_challenge_method=S256") && url.contains("redirect_uri=http%3A%2F%2F127.0.0.1"), "{url}");
     let mut browser = tokio::process::Command::new("node");
-    browser.arg("browser.mjs").args(["--user", "bob", &url]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc"));
+    browser
+        .arg("browser.mjs")
+        .args(["--user", "bob", &url])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc"));
     let b = support::run(&mut browser, None, Duration::from_secs(30)).await;
     assert!(b.status.success(), "{}", text(&b.stderr));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
@@ -360,14 +463,22 @@ async fn webhooks_are_retried_and_never_block_a_decision() {
         while let Ok((mut s, _)) = hook.accept().await {
             let mut buf = vec![0u8; 65536];
             let mut got = Vec::new();
-            while let Ok(n) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await.unwrap_or(Ok(0)) {
+            while let Ok(n) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await.unwrap_or(Ok(0))
+            {
                 if n == 0 {
                     break;
                 }
                 got.extend_from_slice(&buf[..n]);
                 let t = String::from_utf8_lossy(&got);
                 if let Some(h) = t.find("\r\n\r\n") {
-                    let len = t.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").and_then(|v| v.trim().parse::<usize>().ok())).unwrap_or(0);
+                    let len = t
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
                     if got.len() >= h + 4 + len {
                         break;
                     }
@@ -379,15 +490,25 @@ async fn webhooks_are_retried_and_never_block_a_decision() {
                 seen.lock().unwrap().push(t.split("\r\n\r\n").nth(1).unwrap_or("").to_string());
             }
             first = false;
-            let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
+            let _ = s
+                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
         }
     });
     let extra = format!("[notify]\nwebhook_url = \"http://127.0.0.1:{port}/hook\"\nretries = 3\n");
     let Some(f) = flow_with_notify(&extra).await else { return };
     let bob = f.gw.login(&f.provider, "bob").await;
-    let id = request_id(&f.gw.cli_as(&bob, &["request", "vm1", "--login", "admin", "--for", "1h", "--reason", "webhook check", "--json"]).await);
-    assert!(eventually(Duration::from_secs(10), || received.lock().unwrap().iter().any(|b| b.contains(&id))).await, "delivered after a retry");
-    let body: serde_json::Value = serde_json::from_str(received.lock().unwrap().iter().find(|b| b.contains(&id)).unwrap()).unwrap();
+    let id = request_id(
+        &f.gw
+            .cli_as(&bob, &["request", "vm1", "--login", "admin", "--for", "1h", "--reason", "webhook check", "--json"])
+            .await,
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || received.lock().unwrap().iter().any(|b| b.contains(&id))).await,
+        "delivered after a retry"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(received.lock().unwrap().iter().find(|b| b.contains(&id)).unwrap()).unwrap();
     assert!(body["text"].as_str().unwrap().contains("bob@example.test"), "Slack/Teams shape: {body}");
 }
 
@@ -406,7 +527,8 @@ async fn a_webhook_that_hangs_does_not_hold_up_requests() {
     let Some(f) = flow_with_notify(&extra).await else { return };
     let alice = f.gw.login(&f.provider, "alice").await;
     // If a decision waited for the webhook, this command would hit the 60 s limit of `cli_as`.
-    let out = f.gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "30m", "--reason", "hook is down"]).await;
+    let out =
+        f.gw.cli_as(&alice, &["request", "vm1", "--login", "admin", "--for", "30m", "--reason", "hook is down"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("approved automatically"));
 }

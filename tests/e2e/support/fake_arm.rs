@@ -16,9 +16,12 @@ pub const SUB: &str = "subid";
 pub const RG: &str = "rg1";
 pub const VM: &str = "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/myVM";
 pub const NIC: &str = "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/networkInterfaces/myNIC";
-pub const SUBNET: &str = "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/virtualNetworks/vnet1/subnets/default";
-pub const NSG_NIC: &str = "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/networkSecurityGroups/nsg-nic";
-pub const NSG_SUBNET: &str = "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/networkSecurityGroups/nsg-subnet";
+pub const SUBNET: &str =
+    "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/virtualNetworks/vnet1/subnets/default";
+pub const NSG_NIC: &str =
+    "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/networkSecurityGroups/nsg-nic";
+pub const NSG_SUBNET: &str =
+    "/subscriptions/subid/resourceGroups/rg1/providers/Microsoft.Network/networkSecurityGroups/nsg-subnet";
 
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -88,7 +91,10 @@ impl FakeArm {
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
         let ca_file = dir.path().join("fake-azure-ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
 
@@ -145,7 +151,9 @@ impl FakeArm {
                         let (shared, base) = (Arc::clone(&shared), base.clone());
                         async move { Ok::<_, std::convert::Infallible>(handle(shared, base, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
                 });
             }
         });
@@ -173,7 +181,13 @@ impl FakeArm {
 
     /// Answers the next `count` (None: every) matching call with `status`.
     pub fn fail(&self, method: &str, contains: &str, status: u16, retry_after: Option<u64>, count: Option<u32>) {
-        self.state.lock().unwrap().faults.push(Fault { method: method.into(), contains: contains.into(), status, retry_after, remaining: count });
+        self.state.lock().unwrap().faults.push(Fault {
+            method: method.into(),
+            contains: contains.into(),
+            status,
+            retry_after,
+            remaining: count,
+        });
     }
 
     pub fn clear_faults(&self) {
@@ -183,7 +197,13 @@ impl FakeArm {
     /// Holds the next matching call until `release` is notified; `arrived` fires when it comes.
     pub fn hold(&self, method: &str, contains: &str) -> (Arc<Notify>, Arc<Notify>) {
         let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        self.state.lock().unwrap().holds.push(Hold { method: method.into(), contains: contains.into(), arrived: Arc::clone(&arrived), release: Arc::clone(&release), armed: true });
+        self.state.lock().unwrap().holds.push(Hold {
+            method: method.into(),
+            contains: contains.into(),
+            arrived: Arc::clone(&arrived),
+            release: Arc::clone(&release),
+            armed: true,
+        });
         (arrived, release)
     }
 
@@ -202,7 +222,11 @@ fn reply(status: u16, body: Value, headers: &[(&str, String)]) -> hyper::Respons
     r.body(http_body_util::Full::new(Bytes::from(text))).unwrap()
 }
 
-async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<http_body_util::Full<Bytes>> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    base: String,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<http_body_util::Full<Bytes>> {
     use http_body_util::BodyExt;
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
@@ -213,13 +237,23 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
     let (request_id, fault, hold) = {
         let mut s = state.lock().unwrap();
         s.counter += 1;
-        s.calls.push(Call { method: method.clone(), path: path.clone(), query: query.clone(), body: body.clone(), authorization: authorization.clone() });
-        let fault = s.faults.iter_mut().find(|f| f.method == method && path.contains(&f.contains) && f.remaining != Some(0)).map(|f| {
-            if let Some(n) = f.remaining.as_mut() {
-                *n -= 1;
-            }
-            (f.status, f.retry_after)
+        s.calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body.clone(),
+            authorization: authorization.clone(),
         });
+        let fault = s
+            .faults
+            .iter_mut()
+            .find(|f| f.method == method && path.contains(&f.contains) && f.remaining != Some(0))
+            .map(|f| {
+                if let Some(n) = f.remaining.as_mut() {
+                    *n -= 1;
+                }
+                (f.status, f.retry_after)
+            });
         let hold = s.holds.iter_mut().find(|h| h.armed && h.method == method && path.contains(&h.contains)).map(|h| {
             h.armed = false;
             (Arc::clone(&h.arrived), Arc::clone(&h.release))
@@ -232,7 +266,11 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
         if let Some(s) = retry_after {
             headers.push(("retry-after", s.to_string()));
         }
-        return reply(status, json!({"error": {"code": "Injected", "message": format!("injected {status}")}}), &headers);
+        return reply(
+            status,
+            json!({"error": {"code": "Injected", "message": format!("injected {status}")}}),
+            &headers,
+        );
     }
     if let Some((arrived, release)) = hold {
         let released = release.notified();
@@ -240,31 +278,44 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
         released.await;
     }
     if path.ends_with("/oauth2/v2.0/token") {
-        return reply(200, json!({"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": "fake-token-for-jit-gateway"}), &[rid]);
+        return reply(
+            200,
+            json!({"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": "fake-token-for-jit-gateway"}),
+            &[rid],
+        );
     }
     if authorization.as_deref() != Some("Bearer fake-token-for-jit-gateway") {
-        return reply(401, json!({"error": {"code": "AuthenticationFailed", "message": "no or wrong bearer token"}}), &[rid]);
+        return reply(
+            401,
+            json!({"error": {"code": "AuthenticationFailed", "message": "no or wrong bearer token"}}),
+            &[rid],
+        );
     }
     let lower = key(&path);
     let mut s = state.lock().unwrap();
     if let Some(op) = lower.split("/operations/").nth(1).map(str::to_string) {
-        let Some((left, action)) = s.ops.get(&op).cloned() else { return reply(404, json!({"error": {"code": "NotFound"}}), &[rid]) };
+        let Some((left, action)) = s.ops.get(&op).cloned() else {
+            return reply(404, json!({"error": {"code": "NotFound"}}), &[rid]);
+        };
         if left > 0 {
             s.ops.insert(op, (left - 1, action));
             return reply(200, json!({"status": "InProgress"}), &[rid, ("retry-after", "1".into())]);
         }
         if let Some((nsg, rule)) = action
             && let Some(n) = s.resources.get_mut(&nsg)
-                && let Some(rules) = n["properties"]["securityRules"].as_array_mut() {
-                    rules.retain(|r| r["name"].as_str() != Some(rule.as_str()));
-                }
+            && let Some(rules) = n["properties"]["securityRules"].as_array_mut()
+        {
+            rules.retain(|r| r["name"].as_str() != Some(rule.as_str()));
+        }
         return reply(200, json!({"status": "Succeeded"}), &[rid]);
     }
     let new_op = |s: &mut State, action: Option<(String, String)>| {
         let id = format!("op-{}", s.counter);
         let polls = s.op_polls;
         s.ops.insert(id.to_ascii_lowercase(), (polls, action));
-        format!("{base}/subscriptions/{SUB}/providers/Microsoft.Network/locations/westus/operations/{id}?api-version=2024-07-01")
+        format!(
+            "{base}/subscriptions/{SUB}/providers/Microsoft.Network/locations/westus/operations/{id}?api-version=2024-07-01"
+        )
     };
     if let Some((nsg_path, rule)) = lower.split_once("/securityrules/") {
         let nsg_path = nsg_path.to_string();
@@ -275,11 +326,16 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
         match method.as_str() {
             "PUT" => {
                 let Some(props) = body.get("properties").cloned() else {
-                    return reply(400, json!({"error": {"code": "InvalidRequestFormat", "message": "no properties"}}), &[rid]);
+                    return reply(
+                        400,
+                        json!({"error": {"code": "InvalidRequestFormat", "message": "no properties"}}),
+                        &[rid],
+                    );
                 };
                 let mut props = props;
                 props["provisioningState"] = "Succeeded".into();
-                let doc = json!({"name": rule_name, "id": format!("{nsg_path}/securityRules/{rule}"), "properties": props});
+                let doc =
+                    json!({"name": rule_name, "id": format!("{nsg_path}/securityRules/{rule}"), "properties": props});
                 let nsg = s.resources.get_mut(&nsg_path).unwrap();
                 let rules = nsg["properties"]["securityRules"].as_array_mut().unwrap();
                 rules.retain(|r| r["name"].as_str() != Some(rule_name.as_str()));
@@ -288,7 +344,9 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
                 return reply(201, doc, &[rid, ("azure-asyncoperation", op)]);
             }
             "DELETE" => {
-                let exists = s.resources[&nsg_path]["properties"]["securityRules"].as_array().is_some_and(|r| r.iter().any(|x| x["name"].as_str() == Some(rule_name.as_str())));
+                let exists = s.resources[&nsg_path]["properties"]["securityRules"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x["name"].as_str() == Some(rule_name.as_str())));
                 if !exists {
                     return reply(204, Value::Null, &[rid]);
                 }
@@ -296,7 +354,9 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
                 return reply(202, Value::Null, &[rid, ("azure-asyncoperation", op)]);
             }
             "GET" => {
-                let found = s.resources[&nsg_path]["properties"]["securityRules"].as_array().and_then(|r| r.iter().find(|x| x["name"].as_str() == Some(rule_name.as_str())).cloned());
+                let found = s.resources[&nsg_path]["properties"]["securityRules"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|x| x["name"].as_str() == Some(rule_name.as_str())).cloned());
                 return match found {
                     Some(r) => reply(200, r, &[rid]),
                     None => reply(404, json!({"error": {"code": "NotFound"}}), &[rid]),
@@ -320,12 +380,18 @@ async fn handle(state: Arc<Mutex<State>>, base: String, req: hyper::Request<hype
     }
     if method == "GET" && lower.ends_with("/providers/microsoft.compute/virtualmachines") {
         let prefix = lower.trim_end_matches("/providers/microsoft.compute/virtualmachines").to_string();
-        let vms: Vec<Value> = s.resources.iter().filter(|(k, _)| k.starts_with(&prefix) && k.contains("/virtualmachines/")).map(|(_, v)| v.clone()).collect();
+        let vms: Vec<Value> = s
+            .resources
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k.contains("/virtualmachines/"))
+            .map(|(_, v)| v.clone())
+            .collect();
         return reply(200, json!({"value": vms}), &[rid]);
     }
     if method == "GET"
-        && let Some(doc) = s.resources.get(&lower) {
-            return reply(200, doc.clone(), &[rid]);
-        }
+        && let Some(doc) = s.resources.get(&lower)
+    {
+        return reply(200, doc.clone(), &[rid]);
+    }
     reply(404, json!({"error": {"code": "ResourceNotFound", "message": format!("{method} {path}")}}), &[rid])
 }

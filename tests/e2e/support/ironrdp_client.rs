@@ -32,7 +32,10 @@ struct NoNetwork;
 
 impl NetworkClient for NoNetwork {
     fn send(&self, _: &NetworkRequest) -> ironrdp_connector::sspi::Result<Vec<u8>> {
-        Err(ironrdp_connector::sspi::Error::new(ironrdp_connector::sspi::ErrorKind::NoAuthenticatingAuthority, "no network in tests"))
+        Err(ironrdp_connector::sspi::Error::new(
+            ironrdp_connector::sspi::ErrorKind::NoAuthenticatingAuthority,
+            "no network in tests",
+        ))
     }
 }
 
@@ -41,13 +44,30 @@ impl NetworkClient for NoNetwork {
 struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &TlsName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &TlsName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -120,14 +140,23 @@ pub fn connect(addr: &str, ticket: &str, watch: Duration) -> Result<Outcome, Str
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
-    let mut conn = rustls::ClientConnection::new(Arc::new(tls), TlsName::try_from("jit-gateway").unwrap()).map_err(|x| format!("tls: {x}"))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(tls), TlsName::try_from("jit-gateway").unwrap())
+        .map_err(|x| format!("tls: {x}"))?;
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).map_err(|x| format!("TLS handshake: {x}"))?;
     }
     let mut framed = Framed::new(rustls::StreamOwned::new(conn, tcp));
     let upgraded = mark_as_upgraded(should_upgrade, &mut connector);
-    let result = connect_finalize(upgraded, connector, &mut framed, &mut NoNetwork, ServerName::new("jit-gateway"), Vec::new(), None)
-        .map_err(|x| format!("connection sequence: {x}"))?;
+    let result = connect_finalize(
+        upgraded,
+        connector,
+        &mut framed,
+        &mut NoNetwork,
+        ServerName::new("jit-gateway"),
+        Vec::new(),
+        None,
+    )
+    .map_err(|x| format!("connection sequence: {x}"))?;
     let result = match result {
         ironrdp_connector::ConnectionOutcome::Connected(r) => r,
         #[allow(unreachable_patterns)]
@@ -158,7 +187,9 @@ pub fn connect(addr: &str, ticket: &str, watch: Duration) -> Result<Outcome, Str
         let Ok(outputs) = stage.process(&mut image, action, &frame, None) else { continue };
         for out in outputs {
             match out {
-                ActiveStageOutput::ResponseFrame(b) if !b.is_empty() => framed.write_all(&b).map_err(|x| format!("write: {x}"))?,
+                ActiveStageOutput::ResponseFrame(b) if !b.is_empty() => {
+                    framed.write_all(&b).map_err(|x| format!("write: {x}"))?
+                }
                 ActiveStageOutput::GraphicsUpdate(_) => graphics_updates += 1,
                 ActiveStageOutput::Terminate(_) => break,
                 _ => {}

@@ -11,8 +11,8 @@
 #![allow(dead_code)]
 
 pub mod fake_arm;
-pub mod peers;
 pub mod ironrdp_client;
+pub mod peers;
 pub mod rdp;
 
 use std::path::{Path, PathBuf};
@@ -64,7 +64,10 @@ pub fn ensure_login_account() {
     let exists = std::process::Command::new("id").arg(LOGIN).output().map(|o| o.status.success()).unwrap_or(false);
     if !exists {
         let status = std::process::Command::new("useradd").args(["-m", "-s", "/bin/bash", LOGIN]).status();
-        assert!(matches!(status, Ok(s) if s.success()), "cannot create the test account `{LOGIN}` (run the tests as root)");
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "cannot create the test account `{LOGIN}` (run the tests as root)"
+        );
     }
     // A locked account (`!` password) is refused by sshd even with a certificate; `*` is not locked.
     let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
@@ -89,7 +92,14 @@ pub struct GwOptions {
 
 impl Default for GwOptions {
     fn default() -> Self {
-        GwOptions { issuer: "http://127.0.0.1:9".into(), extra: String::new(), sshd_port: None, vm1_host_key: None, ssh_extra: String::new(), ssh_port: 0 }
+        GwOptions {
+            issuer: "http://127.0.0.1:9".into(),
+            extra: String::new(),
+            sshd_port: None,
+            vm1_host_key: None,
+            ssh_extra: String::new(),
+            ssh_port: 0,
+        }
     }
 }
 
@@ -186,7 +196,12 @@ impl Gw {
         Gw::start_on(config, config_path, tmp, None).await
     }
 
-    async fn start_on(mut config: Config, config_path: PathBuf, tmp: tempfile::TempDir, ports: Option<(u16, Option<u16>)>) -> Gw {
+    async fn start_on(
+        mut config: Config,
+        config_path: PathBuf,
+        tmp: tempfile::TempDir,
+        ports: Option<(u16, Option<u16>)>,
+    ) -> Gw {
         let has_api = config.api.is_some();
         // RDP: bound first, so the `.rdp` files name the real port.
         let rdp = match config.rdp.as_mut() {
@@ -212,7 +227,9 @@ impl Gw {
             let gateway = Arc::clone(&gateway);
             let shutdown = shutdown.clone();
             async move {
-                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api, rdp }, shutdown).await.expect("gateway runs");
+                jit_gateway::gateway::run(gateway, Listeners { ssh: listener, api, rdp }, shutdown)
+                    .await
+                    .expect("gateway runs");
             }
         });
         // The admin socket exists once `run` is serving.
@@ -222,7 +239,16 @@ impl Gw {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Gw { gateway, port, api_port, dir: tmp.path().to_path_buf(), config_path, shutdown, task: Some(task), _tmp: tmp }
+        Gw {
+            gateway,
+            port,
+            api_port,
+            dir: tmp.path().to_path_buf(),
+            config_path,
+            shutdown,
+            task: Some(task),
+            _tmp: tmp,
+        }
     }
 
     /// Stops the gateway (its files stay).
@@ -306,7 +332,8 @@ impl Gw {
         .expect("login prints a code")
         .expect("a user code");
         assert!(provider.approve(user, &code, false).await);
-        let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("login finishes").unwrap();
+        let status =
+            tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("login finishes").unwrap();
         assert!(status.success(), "login as {user}");
         session
     }
@@ -332,12 +359,26 @@ impl Gw {
         self.grant_with(user, target, logins, duration, false).await
     }
 
-    pub async fn grant_with(&self, user: &str, target: &str, logins: &[&str], duration: Duration, port_forwarding: bool) -> String {
+    pub async fn grant_with(
+        &self,
+        user: &str,
+        target: &str,
+        logins: &[&str],
+        duration: Duration,
+        port_forwarding: bool,
+    ) -> String {
         self.add_grant(user, target, Protocol::Ssh, logins, duration, port_forwarding, &[]).await
     }
 
     /// An RDP grant, allowing the given redirections (`clipboard`, `drives`).
-    pub async fn grant_rdp(&self, user: &str, target: &str, logins: &[&str], duration: Duration, redirect: &[&str]) -> String {
+    pub async fn grant_rdp(
+        &self,
+        user: &str,
+        target: &str,
+        logins: &[&str],
+        duration: Duration,
+        redirect: &[&str],
+    ) -> String {
         self.add_grant(user, target, Protocol::Rdp, logins, duration, false, redirect).await
     }
 
@@ -434,8 +475,14 @@ impl Client {
     /// For a gateway running as its own process, from its folder (certs/) and port.
     pub fn for_process(gateway_dir: &Path, port: u16, user: &str) -> Client {
         let certs = gateway_dir.join("certs");
-        let line = |f: &str| std::fs::read_to_string(certs.join(f)).unwrap().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        let known = format!("jit-gateway {}\n@cert-authority vm1 {}\n", line("ssh_host_ed25519_key.pub"), line("host_ca_ed25519_key.pub"));
+        let line = |f: &str| {
+            std::fs::read_to_string(certs.join(f)).unwrap().split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+        };
+        let known = format!(
+            "jit-gateway {}\n@cert-authority vm1 {}\n",
+            line("ssh_host_ed25519_key.pub"),
+            line("host_ca_ed25519_key.pub")
+        );
         Client::with(port, &known, user, "")
     }
 
@@ -479,7 +526,10 @@ impl Client {
 
 /// Runs a command to completion with a time limit; never hangs a test.
 pub async fn run(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> std::process::Output {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn");
     if let Some(data) = input {
         let mut stdin = child.stdin.take().unwrap();
@@ -556,7 +606,8 @@ impl GwProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("start the gateway");
-        let up = eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+        let up =
+            eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
         assert!(up, "the gateway process listens on {port}");
         GwProcess { child, config: config.to_path_buf(), port }
     }

@@ -28,7 +28,8 @@ impl Sshd {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let host_key = dir.join("host_key");
-        let ok = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&host_key).status().unwrap();
+        let ok =
+            Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&host_key).status().unwrap();
         assert!(ok.success());
         let host_key_public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
         std::fs::write(dir.join("ca.pub"), format!("{target_ca_public}\n")).unwrap();
@@ -146,13 +147,17 @@ impl Provider {
             });
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if !line.is_empty() => {
-                    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
+                    let ready: serde_json::Value =
+                        serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
                     let issuer = ready["issuer"].as_str().expect("issuer").to_string();
                     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
                     return Some(Provider { child, _stdin: stdin, issuer, http, _logdir: logdir });
                 }
                 _ => {
-                    eprintln!("the OpenID provider did not start; retrying: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                    eprintln!(
+                        "the OpenID provider did not start; retrying: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                     let _ = child.kill();
                     let _ = child.wait();
                 }
@@ -198,7 +203,10 @@ impl Provider {
             .http
             .post(format!("{}/token", self.issuer))
             .basic_auth(client_id, Some(secret))
-            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:device_code"), ("device_code", auth["device_code"].as_str().unwrap())])
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", auth["device_code"].as_str().unwrap()),
+            ])
             .send()
             .await
             .unwrap()

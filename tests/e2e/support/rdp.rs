@@ -137,7 +137,9 @@ impl Xrdp {
         let sesman_ini: String = sesman_ini
             .lines()
             .map(|l| match l.split('=').next().unwrap_or("") {
-                "DefaultWindowManager" | "UserWindowManager" => format!("{}={}", l.split('=').next().unwrap(), startwm.display()),
+                "DefaultWindowManager" | "UserWindowManager" => {
+                    format!("{}={}", l.split('=').next().unwrap(), startwm.display())
+                }
                 "EnableUserWindowManager" => "EnableUserWindowManager=false".into(),
                 "KillDisconnected" => "KillDisconnected=true".into(),
                 "LogFile" => format!("LogFile={}", sesman_log.display()),
@@ -149,22 +151,30 @@ impl Xrdp {
         std::fs::write(dir.join("xrdp.ini"), xrdp_ini).unwrap();
         std::fs::write(dir.join("sesman.ini"), sesman_ini).unwrap();
         let _ = Command::new("pkill").args(["-u", RDP_USER]).status();
-        let sesman = Reaped(Command::new("xrdp-sesman")
-            .args(["--nodaemon", "-c"])
-            .arg(dir.join("sesman.ini"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start xrdp-sesman"));
-        let mut xrdp = Reaped(Command::new("xrdp")
-            .args(["--nodaemon", "-c"])
-            .arg(dir.join("xrdp.ini"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start xrdp"));
+        let sesman = Reaped(
+            Command::new("xrdp-sesman")
+                .args(["--nodaemon", "-c"])
+                .arg(dir.join("sesman.ini"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start xrdp-sesman"),
+        );
+        let mut xrdp = Reaped(
+            Command::new("xrdp")
+                .args(["--nodaemon", "-c"])
+                .arg(dir.join("xrdp.ini"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start xrdp"),
+        );
         for _ in 0..400 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && std::net::TcpStream::connect(("::1", 3350)).or_else(|_| std::net::TcpStream::connect(("127.0.0.1", 3350))).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && std::net::TcpStream::connect(("::1", 3350))
+                    .or_else(|_| std::net::TcpStream::connect(("127.0.0.1", 3350)))
+                    .is_ok()
+            {
                 return Xrdp { xrdp, sesman, port, log, certificate_sha256, _tmp: tmp };
             }
             if let Ok(Some(status)) = xrdp.0.try_wait() {
@@ -172,7 +182,10 @@ impl Xrdp {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("xrdp did not start (is another xrdp-sesman on 3350?): {}", std::fs::read_to_string(&log).unwrap_or_default());
+        panic!(
+            "xrdp did not start (is another xrdp-sesman on 3350?): {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -203,7 +216,8 @@ impl ShadowServer {
     pub fn start(display: &str, user: &str, password: &str) -> ShadowServer {
         let tmp = tempfile::tempdir().unwrap();
         let sam = tmp.path().join("sam");
-        let out = Command::new("winpr-hash").args(["-u", user, "-p", password, "-f", "sam"]).output().expect("winpr-hash");
+        let out =
+            Command::new("winpr-hash").args(["-u", user, "-p", password, "-f", "sam"]).output().expect("winpr-hash");
         assert!(out.status.success());
         std::fs::write(&sam, &out.stdout).unwrap();
         let log = tmp.path().join("shadow.log");
@@ -211,7 +225,13 @@ impl ShadowServer {
         for _attempt in 0..5 {
             let port = free_port();
             let mut child = Command::new("freerdp-shadow-cli")
-                .args(["/bind-address:127.0.0.1", &format!("/port:{port}"), "/sec:nla", &format!("/sam-file:{}", sam.display()), "+auth"])
+                .args([
+                    "/bind-address:127.0.0.1",
+                    &format!("/port:{port}"),
+                    "/sec:nla",
+                    &format!("/sam-file:{}", sam.display()),
+                    "+auth",
+                ])
                 .env("DISPLAY", display)
                 .env("HOME", tmp.path())
                 .stdout(Stdio::null())
@@ -223,7 +243,10 @@ impl ShadowServer {
                     return ShadowServer { child, port, _tmp: tmp };
                 }
                 if let Ok(Some(status)) = child.try_wait() {
-                    eprintln!("freerdp-shadow-cli exited ({status}), retrying: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                    eprintln!(
+                        "freerdp-shadow-cli exited ({status}), retrying: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -318,10 +341,12 @@ impl FakeTarget {
                     if socket.read(&mut buf).await.unwrap_or(0) == 0 {
                         return;
                     }
-                    let confirm = jit_gateway::rdp::wire::encode_connection_confirm(jit_gateway::rdp::wire::ConnectionConfirm::Selected {
-                        protocol: jit_gateway::rdp::wire::PROTOCOL_SSL,
-                        flags: 0,
-                    });
+                    let confirm = jit_gateway::rdp::wire::encode_connection_confirm(
+                        jit_gateway::rdp::wire::ConnectionConfirm::Selected {
+                            protocol: jit_gateway::rdp::wire::PROTOCOL_SSL,
+                            flags: 0,
+                        },
+                    );
                     if socket.write_all(&confirm).await.is_err() {
                         return;
                     }
