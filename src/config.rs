@@ -34,6 +34,9 @@ pub struct Config {
     #[serde(default)]
     pub ssh: SshConfig,
     pub oidc: OidcConfig,
+    /// How long a sign-in stands before the gateway asks the provider again.
+    #[serde(default)]
+    pub signin: SigninConfig,
     #[serde(default)]
     pub recording: RecordingConfig,
     #[serde(default)]
@@ -168,6 +171,11 @@ pub struct OidcConfig {
     pub login_name_claim: String,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// With `user_claim = "email"`, a token must carry `email_verified: true`; a missing
+    /// claim counts as unverified. Set this only for a provider that verifies every
+    /// address it issues but does not send the claim (check first: Entra ID does neither).
+    #[serde(default)]
+    pub assume_email_verified: bool,
     /// Accept an `http://` issuer, only when it is on a loopback address (demo and tests).
     #[serde(default)]
     pub allow_insecure_loopback_issuer: bool,
@@ -181,7 +189,9 @@ pub struct OidcConfig {
 }
 
 fn default_scopes() -> Vec<String> {
-    vec!["openid".into(), "email".into(), "profile".into()]
+    // offline_access: a refresh token, so that sign-ins are re-checked with the
+    // provider (signin.revalidate) without asking the person again.
+    vec!["openid".into(), "email".into(), "profile".into(), "offline_access".into()]
 }
 fn default_user_claim() -> String {
     "email".into()
@@ -197,6 +207,23 @@ fn default_clock_skew() -> Duration {
 }
 fn default_http_timeout() -> Duration {
     Duration::from_secs(15)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigninConfig {
+    /// A person's sign-in is checked with the provider again (refresh token) when
+    /// they start a session or call the API this long after the last check; a
+    /// person disabled at the provider is refused from then on. Without a refresh
+    /// token (no `offline_access`), they must sign in again.
+    #[serde(with = "humantime_serde")]
+    pub revalidate: Duration,
+}
+
+impl Default for SigninConfig {
+    fn default() -> Self {
+        Self { revalidate: Duration::from_secs(3600) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -491,6 +518,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.gateway.name.is_empty() || self.gateway.name.contains(char::is_whitespace) {
             return Err(invalid("gateway.name", "must be a single word"));
+        }
+        if self.signin.revalidate.is_zero() || self.signin.revalidate > Duration::from_secs(24 * 3600) {
+            return Err(invalid("signin.revalidate", "must be between 1s and 24h"));
         }
         if self.ssh.key_binding_ttl.is_zero() {
             return Err(invalid("ssh.key_binding_ttl", "must be longer than zero"));

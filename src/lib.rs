@@ -21,6 +21,7 @@ pub mod azure;
 pub mod clock;
 pub mod config;
 pub mod gateway;
+pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod memory;

@@ -79,9 +79,11 @@ pub async fn issue(
     client_ip: &str,
     method: &'static str,
 ) -> ApiResult<Issued> {
-    let identity = crate::ssh::signin::remember(gateway, verified, None, client_ip, method)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot record the sign-in: {e}")))?;
+    let identity =
+        crate::ssh::signin::remember(gateway, verified, None, client_ip, method).await.map_err(|e| match e {
+            crate::ssh::signin::SignInError::NameTaken { .. } => ApiError::forbidden(e.to_string()),
+            crate::ssh::signin::SignInError::Store(_) => ApiError::unavailable(e.to_string()),
+        })?;
     let now = gateway.clock.now_ms();
     let ttl = gateway.config.api.as_ref().map_or(Duration::from_secs(8 * 3600), |a| a.session_ttl);
     let session = ApiSession {
@@ -134,6 +136,14 @@ impl FromRequestParts<AppState> for Caller {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?
             .ok_or_else(|| ApiError::unauthorized("unknown identity"))?;
+        crate::identity::ensure_current(gateway, &identity).await.map_err(|e| match e {
+            crate::identity::NotCurrent::Disabled | crate::identity::NotCurrent::SignInAgain => {
+                ApiError::unauthorized(e.to_string())
+            }
+            crate::identity::NotCurrent::ProviderUnavailable | crate::identity::NotCurrent::Store => {
+                ApiError::unavailable(e.to_string())
+            }
+        })?;
         let actor = crate::workflow::actor_for(gateway, &identity);
         Ok(Caller { identity, actor, session })
     }

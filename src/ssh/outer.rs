@@ -175,6 +175,7 @@ impl OuterHandler {
                         self.identity = Some(identity);
                         return Auth::Accept;
                     }
+                    Err(e @ signin::SignInError::NameTaken { .. }) => e.to_string(),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot store the sign-in");
                         "the gateway could not record your sign-in; try again".to_string()
@@ -222,6 +223,12 @@ impl russh::server::Handler for OuterHandler {
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         match signin::bound_identity(&self.gateway, key.public_key, user).await {
             Ok(Some(identity)) => {
+                if let Err(why) = crate::identity::ensure_current(&self.gateway, &identity).await {
+                    // Renewed by a fresh sign-in (keyboard-interactive) if the provider still accepts them.
+                    tracing::info!(user = %identity.user, peer = %self.peer, reason = %why, "bound key not accepted: sign-in must be renewed");
+                    self.proven_key.get_or_insert_with(|| key.public_key.clone());
+                    return Ok(retry_methods());
+                }
                 tracing::debug!(user = %identity.user, peer = %self.peer, "signed in with a bound key");
                 let details = serde_json::json!({
                     "identity": identity.id, "key": crate::keys::fingerprint(key.public_key), "client_ip": self.client_ip(),

@@ -85,6 +85,7 @@ const DEFAULT_USERS = [
     sub: 'user-bob',
     claims: {
       email: 'bob@example.test',
+      email_verified: true,
       preferred_username: 'bob',
       groups: ['dev'],
     },
@@ -95,8 +96,33 @@ const DEFAULT_USERS = [
     sub: 'user-carol',
     claims: {
       email: 'carol@example.test',
+      email_verified: true,
       preferred_username: 'carol',
       groups: [],
+    },
+  },
+  // Two other accounts that send alice's address: eve's provider says it is
+  // verified (a second account, e.g. after a rename), mallory's says nothing
+  // about it (as Entra ID does by default).
+  {
+    username: 'eve',
+    password: 'eve-password',
+    sub: 'user-eve',
+    claims: {
+      email: 'alice@example.test',
+      email_verified: true,
+      preferred_username: 'eve',
+      groups: ['ops'],
+    },
+  },
+  {
+    username: 'mallory',
+    password: 'mallory-password',
+    sub: 'user-mallory',
+    claims: {
+      email: 'alice@example.test',
+      preferred_username: 'mallory',
+      groups: ['ops'],
     },
   },
 ];
@@ -514,6 +540,21 @@ provider.use(async (ctx, next) => {
       rogueJwks = publicJwks(newRsaJwk());
       log(`test control: jwks_uri now serves ROGUE key ${rogueJwks.keys[0].kid}`);
       ctx.body = { jwks: 'rogue', kid: rogueJwks.keys[0].kid };
+      return;
+    }
+    // Deprovisioning: the account is gone (findAccount finds nothing), so
+    // its refresh tokens are refused with invalid_grant from now on.
+    if (path === '/__test/disable') {
+      const name = new URL(ctx.href).searchParams.get('user');
+      const user = usersByName.get(name);
+      if (!user) {
+        ctx.status = 404;
+        ctx.body = { error: 'no such user' };
+        return;
+      }
+      usersBySub.delete(user.sub);
+      log(`test control: user ${name} disabled`);
+      ctx.body = { disabled: name };
       return;
     }
     if (path === '/__test/normal-jwks') {

@@ -184,6 +184,12 @@ impl Provider {
         assert!(r.status().is_success());
     }
 
+    /// Deprovisions `user` at the provider: their refresh tokens are refused from now on.
+    pub async fn disable(&self, user: &str) {
+        let r = self.http.post(format!("{}/__test/disable?user={user}", self.issuer)).send().await.unwrap();
+        assert!(r.status().is_success(), "disabling {user}: {}", r.status());
+    }
+
     /// A real ID token for `client_id`, obtained with the device flow as `user`.
     pub async fn id_token(&self, client_id: &str, secret: &str, user: &str) -> String {
         let auth: serde_json::Value = self
