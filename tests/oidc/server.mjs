@@ -182,6 +182,7 @@ function publicJwks(jwk) {
 
 const signingKey = newRsaJwk();
 let rogueJwks = null; // set by POST /__test/rogue-jwks
+let deviceAuthorizations = 0; // device codes handed out; read by POST /__test/counts
 
 // ------------------------------------------------------------------- html --
 
@@ -516,6 +517,10 @@ provider.use(async (ctx, next) => {
       ctx.body = { jwks: 'rogue', kid: rogueJwks.keys[0].kid };
       return;
     }
+    if (path === '/__test/counts') {
+      ctx.body = { device_authorizations: deviceAuthorizations };
+      return;
+    }
     if (path === '/__test/normal-jwks') {
       rogueJwks = null;
       log('test control: jwks_uri restored');
@@ -541,6 +546,7 @@ provider.use(async (ctx, next) => {
   if (ctx.oidc?.route === 'device_authorization' && ctx.status === 200
       && ctx.body && typeof ctx.body === 'object' && ctx.body.device_code) {
     ctx.body.interval = deviceInterval;
+    deviceAuthorizations += 1;
   }
 });
 
