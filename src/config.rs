@@ -131,6 +131,7 @@ pub struct SshConfig {
     pub ciphers: Vec<String>,
     /// Time a connection has to begin a sign-in (a bound key accepted, or a device-flow
     /// sign-in started) before it is cut; `login_grace_time` then covers the wait for approval.
+    /// The shorter of the two applies when `login_grace_time` is shorter.
     #[serde(with = "humantime_serde")]
     pub preauth_timeout: Duration,
     /// Connections that have not signed in, from one source address (an IPv6 /64), at most.
@@ -715,8 +716,8 @@ impl Config {
     /// The admission limits and timeouts (docs/security.md, "Limits").
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let ssh = &self.ssh;
-        if ssh.preauth_timeout < Duration::from_secs(1) || ssh.preauth_timeout > ssh.login_grace_time {
-            return Err(invalid("ssh.preauth_timeout", "must be between 1s and ssh.login_grace_time"));
+        if ssh.preauth_timeout < Duration::from_secs(1) || ssh.preauth_timeout > Duration::from_secs(600) {
+            return Err(invalid("ssh.preauth_timeout", "must be between 1s and 10m"));
         }
         if ssh.max_unauthenticated_per_source == 0 || ssh.max_unauthenticated_per_source > ssh.max_unauthenticated {
             return Err(invalid("ssh.max_unauthenticated_per_source", "must be between 1 and ssh.max_unauthenticated"));

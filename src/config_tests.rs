@@ -129,6 +129,8 @@ fn limits_have_safe_defaults_and_are_checked() {
     bad("ssh", "kex_algorithms = []", "ssh.kex_algorithms");
     bad("ssh", "preauth_timeout = \"0s\"", "ssh.preauth_timeout");
     bad("ssh", "preauth_timeout = \"20m\"", "ssh.preauth_timeout");
+    let short_grace = format!("{MINIMAL}\n[ssh]\nlogin_grace_time = \"10s\"\n");
+    Config::from_toml(&short_grace, Path::new(".")).expect("a grace time shorter than the pre-auth timeout");
     bad("ssh", "max_unauthenticated_per_source = 0", "ssh.max_unauthenticated_per_source");
     bad("ssh", "max_unauthenticated = 4\nmax_unauthenticated_per_source = 5", "ssh.max_unauthenticated_per_source");
     bad("ssh", "max_pending_sign_ins_per_source = 0", "ssh.max_pending_sign_ins_per_source");

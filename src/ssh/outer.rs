@@ -90,8 +90,8 @@ pub async fn handle_connection(
     let kill = shutdown.child_token();
     let phase = Arc::new(AtomicU8::new(PREAUTH));
     let accepted = tokio::time::Instant::now();
-    let preauth_deadline = accepted + gateway.config.ssh.preauth_timeout;
     let grace = gateway.config.ssh.login_grace_time;
+    let preauth_deadline = accepted + gateway.config.ssh.preauth_timeout.min(grace);
     let handler = OuterHandler {
         gateway: Arc::clone(&gateway),
         peer,
