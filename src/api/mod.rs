@@ -205,7 +205,7 @@ pub async fn serve(
                     .await;
                     answer.unwrap_or_else(|_| {
                         gw.refused(peer.ip(), Reason::ApiRequestTimeout);
-                        Ok(BodyRefused::RequestTimeout(limits.request_timeout).into_response())
+                        Ok(RequestRefused::RequestTimeout(limits.request_timeout).into_response())
                     })
                 }
             });
@@ -227,41 +227,41 @@ pub async fn serve(
 
 /// A request refused before a handler saw it.
 #[derive(Debug)]
-enum BodyRefused {
+enum RequestRefused {
     TooLarge(usize),
     Timeout(Duration),
     Broken,
     RequestTimeout(Duration),
 }
 
-impl BodyRefused {
+impl RequestRefused {
     /// What it is counted under; a body broken off by the client is not a refusal.
     fn reason(&self) -> Option<Reason> {
         match self {
-            BodyRefused::TooLarge(_) => Some(Reason::ApiBodyTooLarge),
-            BodyRefused::Timeout(_) => Some(Reason::ApiBodyTimeout),
-            BodyRefused::Broken => None,
-            BodyRefused::RequestTimeout(_) => Some(Reason::ApiRequestTimeout),
+            RequestRefused::TooLarge(_) => Some(Reason::ApiBodyTooLarge),
+            RequestRefused::Timeout(_) => Some(Reason::ApiBodyTimeout),
+            RequestRefused::Broken => None,
+            RequestRefused::RequestTimeout(_) => Some(Reason::ApiRequestTimeout),
         }
     }
 }
 
-impl IntoResponse for BodyRefused {
+impl IntoResponse for RequestRefused {
     fn into_response(self) -> Response {
         let (status, message) = match self {
-            BodyRefused::TooLarge(max) => {
+            RequestRefused::TooLarge(max) => {
                 let size = if max % 1024 == 0 { format!("{} KiB", max / 1024) } else { format!("{max} bytes") };
                 (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {size} (api.max_body)"))
             }
-            BodyRefused::Timeout(limit) => (
+            RequestRefused::Timeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {} (api.body_timeout)",
                     humantime::format_duration(limit)
                 ),
             ),
-            BodyRefused::Broken => (StatusCode::BAD_REQUEST, "the request body could not be read".to_string()),
-            BodyRefused::RequestTimeout(limit) => (
+            RequestRefused::Broken => (StatusCode::BAD_REQUEST, "the request body could not be read".to_string()),
+            RequestRefused::RequestTimeout(limit) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no answer within {} (api.request_timeout)", humantime::format_duration(limit)),
             ),
@@ -278,19 +278,19 @@ impl IntoResponse for BodyRefused {
 async fn read_body(
     request: hyper::Request<hyper::body::Incoming>,
     limits: &Limits,
-) -> Result<axum::extract::Request, BodyRefused> {
+) -> Result<axum::extract::Request, RequestRefused> {
     let (parts, body) = request.into_parts();
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body as u64) {
-        return Err(BodyRefused::TooLarge(limits.max_body));
+        return Err(RequestRefused::TooLarge(limits.max_body));
     }
     let limited = http_body_util::Limited::new(body, limits.max_body);
     match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
-        Err(_) => Err(BodyRefused::Timeout(limits.body_timeout)),
+        Err(_) => Err(RequestRefused::Timeout(limits.body_timeout)),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(BodyRefused::TooLarge(limits.max_body))
+            Err(RequestRefused::TooLarge(limits.max_body))
         }
-        Ok(Err(_)) => Err(BodyRefused::Broken),
+        Ok(Err(_)) => Err(RequestRefused::Broken),
         Ok(Ok(collected)) => {
             Ok(axum::extract::Request::from_parts(parts, axum::body::Body::from(collected.to_bytes())))
         }
