@@ -448,3 +448,36 @@ async fn rdp_garbage_tickets_are_audited_in_aggregate_and_an_address_holds_only_
     assert!(!records.iter().any(|r| r.kind == "rdp.refused"), "no record per refusal");
     assert!(records.len() - before < 20, "{} records added", records.len() - before);
 }
+
+/// M5: a request whose handler hangs (here: an identity provider that accepts and never answers)
+/// is answered at `api.request_timeout`, and the sign-in place it took is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_request_is_answered_at_the_request_timeout_and_gives_its_sign_in_place_back() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            sockets.push(s);
+        }
+    });
+    let extra = "[api]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"2s\"\nbody_timeout = \"1s\"\n\
+                 max_pending_sign_ins_per_source = 1\n";
+    let gw = Gw::start(support::prepare(), GwOptions { issuer, extra: extra.into(), ..Default::default() }).await;
+    let user = https_client(&gw, None);
+    for attempt in 0..2 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            user.post(format!("{}/api/v1/login/device", gw.api_url())).send(),
+        )
+        .await
+        .expect("answered")
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 503, "attempt {attempt}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap_or("").contains("api.request_timeout"), "{body}");
+    }
+    assert_eq!(gw.gateway.refusals.total(Reason::ApiRequestTimeout), 2);
+    assert_eq!(gw.gateway.refusals.total(Reason::ApiSignInsPerSource), 0, "the first place was given back");
+    held.abort();
+}
