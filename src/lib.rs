@@ -10,6 +10,8 @@
 //!   channel, the upstream client toward the VM, and the channel relay.
 //! - `recording`: recorders, formats (asciicast, exec, sftp events), sealing.
 //! - `sessions`: live sessions and ending them when their grant ends.
+//! - `limits`: per-source and overall admission limits before sign-in, and the
+//!   aggregated count of what they refused.
 //! - `admin`: the local admin socket behind `jit-gateway grant ...`.
 //! - `replay`: the terminal player.
 
@@ -24,6 +26,7 @@ pub mod gateway;
 pub mod identity;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod memory;
 pub mod notify;
 pub mod oidc;

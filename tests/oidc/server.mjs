@@ -208,6 +208,7 @@ function publicJwks(jwk) {
 
 const signingKey = newRsaJwk();
 let rogueJwks = null; // set by POST /__test/rogue-jwks
+let deviceAuthorizations = 0; // device codes handed out; read by POST /__test/counts
 
 // ------------------------------------------------------------------- html --
 
@@ -557,6 +558,10 @@ provider.use(async (ctx, next) => {
       ctx.body = { disabled: name };
       return;
     }
+    if (path === '/__test/counts') {
+      ctx.body = { device_authorizations: deviceAuthorizations };
+      return;
+    }
     if (path === '/__test/normal-jwks') {
       rogueJwks = null;
       log('test control: jwks_uri restored');
@@ -582,6 +587,7 @@ provider.use(async (ctx, next) => {
   if (ctx.oidc?.route === 'device_authorization' && ctx.status === 200
       && ctx.body && typeof ctx.body === 'object' && ctx.body.device_code) {
     ctx.body.interval = deviceInterval;
+    deviceAuthorizations += 1;
   }
 });
 

@@ -114,6 +114,8 @@ pub struct GwOptions {
     pub ssh_extra: String,
     /// A fixed SSH port (for a gateway run as its own process); 0 otherwise.
     pub ssh_port: u16,
+    /// Extra lines for the `[gateway]` table.
+    pub gateway_extra: String,
 }
 
 impl Default for GwOptions {
@@ -125,6 +127,7 @@ impl Default for GwOptions {
             vm1_host_key: None,
             ssh_extra: String::new(),
             ssh_port: 0,
+            gateway_extra: String::new(),
         }
     }
 }
@@ -133,6 +136,12 @@ impl GwOptions {
     pub fn with_ssh(mut self, lines: &str) -> Self {
         self.ssh_extra.push_str(lines);
         self.ssh_extra.push('\n');
+        self
+    }
+
+    pub fn with_gateway(mut self, lines: &str) -> Self {
+        self.gateway_extra.push_str(lines);
+        self.gateway_extra.push('\n');
         self
     }
 }
@@ -183,7 +192,7 @@ pub fn write_config(prepared: Prepared, options: &GwOptions) -> (tempfile::TempD
 name = "jit-gateway"
 state_dir = "state"
 certs_dir = "certs"
-
+{gateway_extra}
 [ssh]
 listen = "127.0.0.1:{ssh_port}"
 keepalive_interval = "5s"
@@ -203,7 +212,8 @@ dir = "recordings"
             issuer = options.issuer,
             extra = options.extra,
             ssh_extra = options.ssh_extra,
-            ssh_port = options.ssh_port
+            ssh_port = options.ssh_port,
+            gateway_extra = options.gateway_extra
         );
         if let Some(port) = options.sshd_port {
             text.push_str(&format!("\n[targets.vm1]\naddress = \"127.0.0.1\"\nssh_port = {port}\n"));
