@@ -123,3 +123,18 @@ fn data_survives_reopening() {
     let store = RedbStore::open(&path).unwrap();
     assert!(store.grant("g-1").unwrap().is_some());
 }
+
+#[test]
+fn a_grants_end_is_claimed_once() {
+    let (_dir, store) = open();
+    store.insert_grant(&grant("g-1", "alice@example.test", 1000)).unwrap();
+    let event = AuditEvent::new("grant.ended.expired", "jit-gateway", serde_json::json!({"grant": "g-1"}));
+    assert_eq!(store.grants_due(2000).unwrap().len(), 1);
+    assert!(store.finish_grant("g-1", 2000, &event).unwrap());
+    assert!(!store.finish_grant("g-1", 2001, &event).unwrap(), "a second claim writes nothing");
+    assert!(store.grants_due(3000).unwrap().is_empty());
+    assert_eq!(store.next_grant_end().unwrap(), None);
+    assert_eq!(store.grant("g-1").unwrap().unwrap().ended_ms, Some(2000));
+    assert_eq!(store.audit_records(0, 10).unwrap().len(), 1);
+    assert!(matches!(store.finish_grant("g-9", 2000, &event), Err(StoreError::NotFound(_))));
+}

@@ -6,6 +6,7 @@ mod support;
 
 mod azure;
 
+mod enforcement;
 mod rdp;
 mod recordings;
 mod refusals;
