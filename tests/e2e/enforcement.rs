@@ -81,6 +81,9 @@ async fn a_grant_that_expires_while_the_gateway_connects_ends_the_session() {
     let over = eventually(Duration::from_secs(4), || matches!(ssh.try_wait(), Ok(Some(_)))).await;
     assert!(over, "the session outlived its grant");
     let out = ssh.wait_with_output().await.unwrap();
+    let expires_at = gw.gateway.store.grant(&grant).unwrap().unwrap().expires_at_ms;
+    let late = jit_gateway::clock::Clock::now_ms(&jit_gateway::clock::SystemClock) - expires_at;
+    eprintln!("the client was gone {late} ms after the grant's end (polled every 50 ms)");
     assert!(!text(&out.stdout).contains("done"), "{}", text(&out.stdout));
     let expired = format!("your grant {grant} for vm1 has expired");
     assert!(text(&out.stderr).contains(&expired), "the user is told why: {}", text(&out.stderr));
@@ -103,8 +106,10 @@ async fn a_grant_revoked_while_the_gateway_connects_ends_the_session() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let revoke = gw.cli(&["grant", "revoke", &grant, "--reason", "incident closed"]).await;
     assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    let revoked = Instant::now();
     let over = eventually(Duration::from_secs(3), || matches!(ssh.try_wait(), Ok(Some(_)))).await;
     assert!(over, "the session outlived its revoked grant");
+    eprintln!("the client was gone {:?} after the revocation returned (polled every 50 ms)", revoked.elapsed());
     let out = ssh.wait_with_output().await.unwrap();
     assert!(!text(&out.stdout).contains("done"), "{}", text(&out.stdout));
     let stderr = text(&out.stderr);
@@ -134,17 +139,7 @@ async fn a_channel_opened_after_the_grant_ended_is_refused_and_ends_the_session(
     assert_eq!(text(&first.stdout).trim(), "first", "{}", text(&first.stderr));
     assert_eq!(w.gw.gateway.sessions.list().len(), 1, "the master keeps the session");
 
-    // Revoked in the store, as another gateway node would, before the enforcer here has run.
-    let id = w.grant.clone();
-    let now = jit_gateway::clock::Clock::now_ms(&jit_gateway::clock::SystemClock);
-    blocking(&w.gw.gateway.store, move |s| {
-        s.update_grant(&id, &mut |g| {
-            g.revocation = Some(Revocation { at_ms: now, by: "bob@example.test".into(), reason: "left".into() });
-            Ok(())
-        })
-    })
-    .await
-    .unwrap();
+    revoke_behind_the_enforcers_back(&w.gw, &w.grant).await;
     let second = w.alice.exec("vm1", "echo second", None).await;
     assert!(!text(&second.stdout).contains("second"), "a new channel ran after the revocation");
     let stderr = text(&second.stderr);
@@ -157,6 +152,77 @@ async fn a_channel_opened_after_the_grant_ended_is_refused_and_ends_the_session(
         "the session ends with its grant"
     );
     let _ = w.alice.ssh(&["-O", "exit", &format!("{LOGIN}@vm1")], None).await;
+}
+
+/// Revokes `grant` in the store only, as another gateway node would: the
+/// enforcer here has not run, so only the re-check on a new channel can see it.
+async fn revoke_behind_the_enforcers_back(gw: &Gw, grant: &str) {
+    let id = grant.to_string();
+    let now = jit_gateway::clock::Clock::now_ms(&jit_gateway::clock::SystemClock);
+    blocking(&gw.gateway.store, move |s| {
+        s.update_grant(&id, &mut |g| {
+            g.revocation = Some(Revocation { at_ms: now, by: "bob@example.test".into(), reason: "left".into() });
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_opened_after_the_grant_ended_is_refused_and_ends_the_session() {
+    let Some(w) = crate::World::new("").await else { return };
+    let revoke = w.gw.cli(&["grant", "revoke", &w.grant, "--reason", "replaced"]).await;
+    assert!(revoke.status.success());
+    let grant = w.gw.grant_with(ALICE, "vm1", &[LOGIN], Duration::from_secs(600), true).await;
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let forward = format!("{local}:127.0.0.1:{}", w.sshd.port);
+    let mut ssh = tokio::process::Command::new("ssh")
+        .arg("-F")
+        .arg(&w.alice.config)
+        .args(["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-L", &forward, "-J", "jit-gateway"])
+        .args([&format!("{LOGIN}@vm1"), "sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Through the forward, the target's own sshd answers (a direct-tcpip channel on the inner connection).
+    let banner = |port: u16| async move {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else { return None };
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut chunk = [0u8; 64];
+            while got.len() < 8 {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        Some(got)
+    };
+    let mut first = None;
+    for _ in 0..100 {
+        if let Some(got) = banner(local).await {
+            first = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first.is_some_and(|b| b.starts_with(b"SSH-2.0-")), "the forward works while the grant holds");
+
+    revoke_behind_the_enforcers_back(&w.gw, &grant).await;
+    let after = banner(local).await.unwrap_or_default();
+    assert!(!after.starts_with(b"SSH-2.0-"), "a forward reached the target after the revocation");
+    let over = eventually(Duration::from_secs(5), || matches!(ssh.try_wait(), Ok(Some(_)))).await;
+    assert!(over, "the session ends with its grant");
+    let out = ssh.wait_with_output().await.unwrap();
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("your grant {grant} for vm1 was revoked by bob@example.test: left")), "{stderr}");
+    assert!(eventually(Duration::from_secs(5), || w.gw.gateway.sessions.list().is_empty()).await);
 }
 
 /// The gateway's RDP address.
