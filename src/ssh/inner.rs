@@ -279,8 +279,9 @@ impl InnerHandler {
         tracing::info!(session = %info.id, user = %info.user, target = %info.target, login = %info.login, grant = %info.grant_id, "session started");
     }
 
-    /// Re-checks the grant by ID before a new channel; when it is over, the
-    /// whole session is ended with the reason, which is returned.
+    /// Re-checks the grant by ID before a new channel. When it is over, the
+    /// whole session is ended with the reason, which is returned; when the
+    /// store cannot answer, only the channel is refused.
     fn channel_check(&self) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let (gateway, end) = (Arc::clone(&self.gateway), self.end.clone());
         let grant_id = self.permit.as_ref().map(|p| p.grant_id.clone());
@@ -291,15 +292,19 @@ impl InnerHandler {
             let Some(grant_id) = grant_id else { return Err("not signed in".into()) };
             let id = grant_id.clone();
             let grant = blocking(&gateway.store, move |s| s.grant(&id)).await;
-            let checked = match grant {
-                Ok(g) => grant_holds(g.as_ref(), &grant_id, gateway.clock.now_ms()).map_err(|r| r.to_string()),
-                Err(e) => Err(NotLive::Store(e.to_string()).to_string()),
+            let over = match grant {
+                Ok(g) => match grant_holds(g.as_ref(), &grant_id, gateway.clock.now_ms()) {
+                    Ok(()) => return Ok(()),
+                    Err(over) => over.to_string(),
+                },
+                Err(e) => {
+                    tracing::error!(grant = %grant_id, error = %e, "cannot re-check a grant; channel refused");
+                    return Err(NotLive::Store(e.to_string()).to_string());
+                }
             };
-            if let Err(reason) = &checked {
-                tracing::info!(grant = %grant_id, %reason, "channel refused: the grant is over; ending the session");
-                end.end(reason.clone());
-            }
-            checked
+            tracing::info!(grant = %grant_id, reason = %over, "channel refused: the grant is over; ending the session");
+            end.end(over.clone());
+            Err(over)
         }
     }
 
