@@ -336,7 +336,7 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream, admitted: Admitte
     let target_err = |message: String| fail(Refused::Target { target: claims.target.clone(), message });
     let hold = gateway
         .ports
-        .ensure(&permit.grant_id, &claims.target, &target_config, rdp_port, permit.expires_at_ms)
+        .ensure_detached(&permit.grant_id, &claims.target, &target_config, rdp_port, permit.expires_at_ms)
         .await
         .map_err(|e| target_err(format!("its port could not be opened: {e}")))?;
     let address = (target_config.address.as_str(), rdp_port);

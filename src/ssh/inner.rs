@@ -198,7 +198,13 @@ impl InnerHandler {
         let setup = async {
             let hold = gateway
                 .ports
-                .ensure(&permit.grant_id, &target, &target_config, target_config.ssh_port, permit.expires_at_ms)
+                .ensure_detached(
+                    &permit.grant_id,
+                    &target,
+                    &target_config,
+                    target_config.ssh_port,
+                    permit.expires_at_ms,
+                )
                 .await
                 .map_err(|e| format!("the gateway could not open {target}'s port: {e}"))?;
             let upstream =
