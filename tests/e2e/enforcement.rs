@@ -70,6 +70,23 @@ async fn audit(gw: &Gw) -> Vec<jit_gateway::store::AuditRecord> {
     blocking(&gw.gateway.store, |s| s.audit_records(0, 100_000)).await.unwrap()
 }
 
+/// The audit log once a record matching `wanted` is in it (records written just
+/// after a session leaves the list), or as it is after 3 s.
+async fn audit_with(
+    gw: &Gw,
+    wanted: impl Fn(&jit_gateway::store::AuditRecord) -> bool,
+) -> Vec<jit_gateway::store::AuditRecord> {
+    let mut records = audit(gw).await;
+    for _ in 0..60 {
+        if records.iter().any(&wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        records = audit(gw).await;
+    }
+    records
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_that_expires_while_the_gateway_connects_ends_the_session() {
     let Some((gw, _sshd, alice)) = slow_world().await else { return };
@@ -88,12 +105,14 @@ async fn a_grant_that_expires_while_the_gateway_connects_ends_the_session() {
     let expired = format!("your grant {grant} for vm1 has expired");
     assert!(text(&out.stderr).contains(&expired), "the user is told why: {}", text(&out.stderr));
     assert!(gw.gateway.sessions.list().is_empty());
-    let records = audit(&gw).await;
+    let ended =
+        |r: &jit_gateway::store::AuditRecord| r.kind == "grant.ended.expired" && r.details["grant"] == grant.as_str();
+    let records = audit_with(&gw, ended).await;
     assert!(
         records.iter().any(|r| r.kind == "access.denied" && r.details["reason"].as_str() == Some(expired.as_str())),
         "{records:?}"
     );
-    assert!(records.iter().any(|r| r.kind == "grant.ended.expired" && r.details["grant"] == grant.as_str()));
+    assert!(records.iter().any(ended), "{records:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,14 +296,12 @@ async fn rdp_a_client_holding_back_its_handshake_is_cut_by_the_timeout_and_by_a_
     assert!(revoke.status.success(), "{}", text(&revoke.stderr));
     assert!(closed(&mut held, Duration::from_secs(3)).await, "the revocation cut the handshake");
     assert!(eventually(Duration::from_secs(2), || gw.gateway.sessions.list().is_empty()).await);
-    let records = audit(&gw).await;
-    assert!(
-        records.iter().any(|r| r.kind == "rdp.refused"
-            && r.details["reason"]
-                .as_str()
-                .is_some_and(|m| m.contains("was revoked") && m.contains("incident closed"))),
-        "{records:?}"
-    );
+    let refused = |r: &jit_gateway::store::AuditRecord| {
+        r.kind == "rdp.refused"
+            && r.details["reason"].as_str().is_some_and(|m| m.contains("was revoked") && m.contains("incident closed"))
+    };
+    let records = audit_with(&gw, refused).await;
+    assert!(records.iter().any(refused), "{records:?}");
 
     // Holding back the ClientHello: cut at the handshake timeout, not listed afterwards.
     gw.grant_rdp(ALICE, "vm2", &["Administrator"], Duration::from_secs(600), &[]).await;
