@@ -441,7 +441,8 @@ pub struct RdpConfig {
     /// How long a ticket from `jit-gateway rdp` may wait to be used (single use).
     #[serde(default = "default_ticket_ttl", with = "humantime_serde")]
     pub ticket_ttl: Duration,
-    /// Time allowed for the connection sequence up to the relay (ticket, TLS, target).
+    /// Time allowed for the client's connection sequence: from its first byte
+    /// (ticket, X.224, TLS) to its Client Info PDU; past it the connection is cut.
     #[serde(default = "default_rdp_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Keep client keyboard input in recordings (off: input PDUs are left out).
@@ -470,7 +471,7 @@ fn default_ticket_ttl() -> Duration {
 }
 
 fn default_rdp_handshake_timeout() -> Duration {
-    Duration::from_secs(20)
+    Duration::from_secs(15)
 }
 
 fn default_ssh_port() -> u16 {

@@ -219,7 +219,6 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
         message: e.to_string(),
     })?;
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
     tasks.spawn(crate::memory::housekeeping(Arc::clone(&gateway.sessions), shutdown.clone()));
     tasks.spawn(Arc::clone(&gateway.ports).run(shutdown.clone()));
     if let (Some(arm), Some(az)) = (gateway.arm.clone(), gateway.config.azure.clone()) {
@@ -271,6 +270,9 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
             serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "recording": gateway.config.recording.enabled}),
         ))
         .await;
+    // After `gateway.started`, so grants that ended while the gateway was down are audited after it.
+    // (Sessions starting meanwhile are safe: each checks its grant again by ID and has its own expiry timer.)
+    tasks.spawn(Arc::clone(&gateway.enforcer).run(shutdown.clone()));
 
     shutdown.cancelled().await;
     let live = gateway.sessions.end_all("the gateway is shutting down");

@@ -1,11 +1,20 @@
 //! Live sessions, and ending them when their grant ends.
 //!
-//! Every relayed connection registers here with the grant that allows it.
+//! Every relayed connection registers here with the grant that allows it,
+//! *before* its slow setup (port opening, upstream connect, RDP handshakes),
+//! in the `starting` state: ending the grant reaches it from then on. When
+//! the setup is done, `go_live` re-reads the grant by ID under the registry's
+//! lock and refuses if it is over, so a grant that ended before registration
+//! is caught too. Each registration also arms a timer at the grant's expiry,
+//! so expiry never depends on the enforcer having seen it.
+//!
 //! The `GrantEnforcer` sleeps until the next grant end (expiry or
 //! revocation) in the store, or until told that grants changed, and then ends
-//! the sessions of every grant that is over, telling users why. Ending a
-//! session is a signal with a reason; the relay writes the reason to the
-//! user's terminal and closes the connection.
+//! the sessions of every grant that is over, telling users why; each grant's
+//! end is claimed once in the store, so concurrent runs never write two end
+//! records or release its ports twice. Ending a session is a signal with a
+//! reason; the relay writes the reason to the user's terminal and closes the
+//! connection. This module never does I/O toward clients or targets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,8 +24,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
-use crate::store::{AuditEvent, Grant, GrantStatus, Protocol, SharedStore, blocking};
+use crate::clock::{SharedClock, format_ms};
+use crate::store::{AuditEvent, Grant, GrantStatus, Protocol, SharedStore, Store, blocking};
+
+/// Where a registered session is: still connecting, or relaying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Registered, its setup (port, upstream, handshakes) still running.
+    Starting,
+    #[default]
+    Live,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveSession {
@@ -28,6 +47,52 @@ pub struct LiveSession {
     pub grant_id: String,
     pub client_ip: Option<String>,
     pub started_ms: i64,
+    #[serde(default)]
+    pub state: SessionState,
+}
+
+/// Why a session may not start or go on: its grant is over, or it was ended.
+/// The text is what the user is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotLive {
+    #[error("your grant {0} no longer exists")]
+    GrantGone(String),
+    /// Revoked, expired, or its end already processed; the text says which.
+    #[error("{0}")]
+    GrantEnded(String),
+    #[error("your grant {grant} starts at {}", format_ms(*starts_ms))]
+    GrantNotYet { grant: String, starts_ms: i64 },
+    /// The session was told to end (grant end, admin kill, shutdown) while starting.
+    #[error("{0}")]
+    SessionEnded(String),
+    #[error("the gateway cannot check your grant right now ({0})")]
+    Store(String),
+}
+
+impl NotLive {
+    /// A stable code for logs and the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotLive::GrantGone(_) => "grant-gone",
+            NotLive::GrantEnded(_) => "grant-ended",
+            NotLive::GrantNotYet { .. } => "grant-not-yet",
+            NotLive::SessionEnded(_) => "session-ended",
+            NotLive::Store(_) => "store-unavailable",
+        }
+    }
+}
+
+/// Whether the grant read by ID still allows a session at `now_ms`: not
+/// revoked, not expired by the clock, its end not processed, its window begun.
+pub fn grant_holds(grant: Option<&Grant>, grant_id: &str, now_ms: i64) -> Result<(), NotLive> {
+    let Some(grant) = grant else { return Err(NotLive::GrantGone(grant_id.to_string())) };
+    if grant.revocation.is_some() || grant.ended_ms.is_some() || now_ms >= grant.expires_at_ms {
+        return Err(NotLive::GrantEnded(grant_end_message(grant)));
+    }
+    if now_ms < grant.not_before_ms {
+        return Err(NotLive::GrantNotYet { grant: grant.id.clone(), starts_ms: grant.not_before_ms });
+    }
+    Ok(())
 }
 
 /// Tells a session to end, and why. Cloned into every task of the session.
@@ -79,14 +144,16 @@ pub struct SessionRegistry {
     live: Mutex<HashMap<String, Entry>>,
 }
 
-/// Removes the session from the registry when dropped.
+/// Removes the session from the registry (and stops its expiry timer) when dropped.
 pub struct SessionGuard {
     registry: Arc<SessionRegistry>,
     id: String,
+    timer: CancellationToken,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        self.timer.cancel();
         if let Ok(mut live) = self.registry.live.lock() {
             live.remove(&self.id);
         }
@@ -98,12 +165,61 @@ impl SessionRegistry {
         Arc::new(Self::default())
     }
 
-    pub fn register(self: &Arc<Self>, info: LiveSession, end: EndSignal) -> SessionGuard {
+    /// Registers a session (usually `Starting`, before its slow setup) and arms
+    /// a timer that ends it at `expires_at_ms`, its grant's expiry.
+    pub fn register(
+        self: &Arc<Self>,
+        info: LiveSession,
+        end: EndSignal,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> SessionGuard {
         let id = info.id.clone();
+        let message = expired_message(&info.grant_id, &info.target);
         if let Ok(mut live) = self.live.lock() {
-            live.insert(id.clone(), Entry { info, end });
+            live.insert(id.clone(), Entry { info, end: end.clone() });
         }
-        SessionGuard { registry: Arc::clone(self), id }
+        let timer = CancellationToken::new();
+        let stop = timer.clone();
+        let wait = Duration::from_millis(expires_at_ms.saturating_sub(now_ms).max(0) as u64);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => end.end(message),
+                _ = stop.cancelled() => {}
+                _ = end.token.cancelled() => {}
+            }
+        });
+        SessionGuard { registry: Arc::clone(self), id, timer }
+    }
+
+    /// Makes a starting session live, after re-reading its grant by ID from
+    /// `store` under the registry's lock (so `end_grant` cannot pass in between).
+    /// A grant that is over, or a session told to end meanwhile, is refused:
+    /// the session is ended with the reason, which is returned.
+    pub fn go_live(&self, session_id: &str, store: &dyn Store, now_ms: i64) -> Result<(), NotLive> {
+        let Ok(mut live) = self.live.lock() else {
+            return Err(NotLive::Store("the session registry is poisoned".into()));
+        };
+        let Some(entry) = live.get_mut(session_id) else {
+            return Err(NotLive::SessionEnded("the session was ended".into()));
+        };
+        if entry.end.is_ended() {
+            return Err(NotLive::SessionEnded(entry.end.reason()));
+        }
+        let checked = match store.grant(&entry.info.grant_id) {
+            Ok(grant) => grant_holds(grant.as_ref(), &entry.info.grant_id, now_ms),
+            Err(e) => Err(NotLive::Store(e.to_string())),
+        };
+        match checked {
+            Ok(()) => {
+                entry.info.state = SessionState::Live;
+                Ok(())
+            }
+            Err(refusal) => {
+                entry.end.end(refusal.to_string());
+                Err(refusal)
+            }
+        }
     }
 
     fn end_where(&self, reason: &str, matches: impl Fn(&LiveSession) -> bool) -> usize {
@@ -141,8 +257,12 @@ impl SessionRegistry {
 pub fn grant_end_message(grant: &Grant) -> String {
     match &grant.revocation {
         Some(r) => format!("your grant {} for {} was revoked by {}: {}", grant.id, grant.target, r.by, r.reason),
-        None => format!("your grant {} for {} has expired", grant.id, grant.target),
+        None => expired_message(&grant.id, &grant.target),
     }
+}
+
+fn expired_message(grant_id: &str, target: &str) -> String {
+    format!("your grant {grant_id} for {target} has expired")
 }
 
 /// Ends sessions when grants end, from a single place.
@@ -173,6 +293,8 @@ impl GrantEnforcer {
     }
 
     /// Ends the sessions of every grant that is over and marks it processed.
+    /// Safe to call concurrently: each grant's end is claimed once in the store
+    /// (one `grant.ended.*` record, one port release); ending sessions twice is harmless.
     pub async fn enforce_now(&self) -> Result<usize, crate::store::StoreError> {
         let now = self.clock.now_ms();
         let due = blocking(&self.store, move |s| s.grants_due(now)).await?;
@@ -180,7 +302,6 @@ impl GrantEnforcer {
         for grant in due {
             let message = grant_end_message(&grant);
             let sessions = self.sessions.end_grant(&grant.id, &message);
-            self.ports.release_grant(&grant.id).await;
             let id = grant.id.clone();
             let status = grant.status(now);
             let event = AuditEvent::new(
@@ -189,14 +310,11 @@ impl GrantEnforcer {
                 serde_json::json!({"grant": grant.id, "user": grant.user, "sessions_ended": sessions}),
             )
             .on(grant.target.clone());
-            blocking(&self.store, move |s| {
-                s.update_grant(&id, &mut |g| {
-                    g.ended_ms = Some(now);
-                    Ok(())
-                })?;
-                s.append_audit(&event, now).map(|_| ())
-            })
-            .await?;
+            let claimed = blocking(&self.store, move |s| s.finish_grant(&id, now, &event)).await?;
+            if !claimed {
+                continue; // another run processed it meanwhile
+            }
+            self.ports.release_grant(&grant.id).await;
             tracing::info!(grant = %grant.id, user = %grant.user, target = %grant.target, sessions, "grant ended ({status})");
             ended += 1;
         }
@@ -225,35 +343,5 @@ impl GrantEnforcer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(id: &str, grant: &str) -> LiveSession {
-        LiveSession {
-            id: id.into(),
-            user: "alice@example.test".into(),
-            target: "vm1".into(),
-            login: "admin".into(),
-            protocol: Protocol::Ssh,
-            grant_id: grant.into(),
-            client_ip: None,
-            started_ms: 0,
-        }
-    }
-
-    #[tokio::test]
-    async fn ending_a_grant_ends_its_sessions_only() {
-        let reg = SessionRegistry::new();
-        let (a, b) = (EndSignal::new(), EndSignal::new());
-        let _ga = reg.register(info("s-1", "g-1"), a.clone());
-        let gb = reg.register(info("s-2", "g-2"), b.clone());
-        assert_eq!(reg.end_grant("g-1", "revoked"), 1);
-        assert_eq!(a.ended().await, "revoked");
-        assert!(!b.is_ended());
-        drop(gb);
-        assert_eq!(reg.list().len(), 1);
-        // The first reason sticks.
-        a.end("later");
-        assert_eq!(a.reason(), "revoked");
-    }
-}
+#[path = "sessions_tests.rs"]
+mod tests;

@@ -275,6 +275,24 @@ impl Openings {
         }
     }
 
+    /// `ensure` in its own task, run to completion even when the caller stops
+    /// waiting (its session ended during the setup, or a handshake timed out):
+    /// a cloud call is never cut half-way, and an opening nobody waits for any
+    /// more is let go like the opening of a session that ended.
+    pub async fn ensure_detached(
+        self: &Arc<Self>,
+        grant_id: &str,
+        name: &str,
+        target: &TargetConfig,
+        port: u16,
+        until_ms: i64,
+    ) -> Result<SessionHold, PortError> {
+        let (me, grant_id, name, target) = (Arc::clone(self), grant_id.to_string(), name.to_string(), target.clone());
+        tokio::spawn(async move { me.ensure(&grant_id, &name, &target, port, until_ms).await })
+            .await
+            .map_err(|e| PortError::Backend(format!("the port opening task failed: {e}")))?
+    }
+
     async fn session_ended(&self, k: &str) {
         let slot = self.slot(k).await;
         let mut slot = slot.lock().await;

@@ -11,8 +11,11 @@
 //! clipboard and drive channels the grant does not allow) and the Client
 //! Info PDU (the target's account, instead of whatever the user typed).
 //!
-//! Everything before the relay runs under `rdp.handshake_timeout`; a
-//! refusal closes the connection with nothing sent to the target.
+//! Once the ticket is checked, the session is registered (starting), so a
+//! revocation or expiry of its grant ends it even mid-handshake; it goes live
+//! only if the grant, read again by ID, still holds. The client's side of the
+//! connection sequence, from its first byte to its Client Info PDU, runs
+//! under `rdp.handshake_timeout`; a refusal closes the connection.
 
 mod credssp;
 pub mod replay;
@@ -35,7 +38,7 @@ use crate::config::{RdpConfig, TargetConfig};
 use crate::gateway::Gateway;
 use crate::limits::{Full, Limiter, Permit, Reason, Source};
 use crate::recording::{Recorder, RecordingMeta, Stream};
-use crate::sessions::{EndSignal, LiveSession};
+use crate::sessions::{EndSignal, LiveSession, SessionGuard, SessionState};
 use crate::store::{AuditEvent, Protocol, RecordingKind, SessionRecord, blocking};
 use wire::{ConnectionConfirm, PROTOCOL_HYBRID, PROTOCOL_HYBRID_EX, PROTOCOL_SSL};
 
@@ -71,6 +74,9 @@ pub enum Refused {
     Client(String),
     #[error("the connection sequence took longer than {0:?}")]
     Timeout(Duration),
+    /// The grant ended (or the session was ended) during the handshake.
+    #[error("{0}")]
+    Ended(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -78,7 +84,10 @@ pub enum Refused {
 impl Refused {
     /// Refusals worth an audit record (someone presented a ticket).
     fn audited(&self) -> bool {
-        matches!(self, Refused::Ticket(_) | Refused::Replayed | Refused::Denied(_) | Refused::Target { .. })
+        matches!(
+            self,
+            Refused::Ticket(_) | Refused::Replayed | Refused::Denied(_) | Refused::Target { .. } | Refused::Ended(_)
+        )
     }
 
     /// For a refusal before a ticket was accepted (anyone can cause those): the
@@ -149,15 +158,11 @@ struct Ready {
 
 async fn connection(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, permit: Permit) {
     let Some(config) = gateway.config.rdp.clone() else { return };
-    // On a refusal the socket is dropped inside `handshake`: the client sees the connection close.
-    let started = tokio::time::timeout(config.handshake_timeout, handshake(&gateway, socket)).await;
-    let result = match started {
-        Ok(r) => r,
-        Err(_) => Err((Refused::Timeout(config.handshake_timeout), None)),
-    };
+    // On a refusal the socket is dropped inside `attempt`: the client sees the connection close.
+    let result = attempt(&gateway, &config, socket, peer).await;
     drop(permit);
     match result {
-        Ok(ready) => relay(gateway, &config, ready, peer).await,
+        Ok((ready, starting)) => relay(gateway, &config, ready, peer, starting).await,
         Err((refused, claims)) => {
             if let Some(reason) = refused.anonymous(claims.as_ref()) {
                 tracing::debug!(%peer, reason = %refused, "RDP connection refused before a ticket was accepted");
@@ -220,9 +225,77 @@ fn take_frame(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, wire::WireError> {
 
 type HandshakeError = (Refused, Option<ticket::Claims>);
 
-async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, HandshakeError> {
+/// A session registered (starting) before its slow setup, so that its grant's end reaches it.
+struct Starting {
+    id: String,
+    end: EndSignal,
+    started_ms: i64,
+    /// The end of the client's time for the connection sequence (`rdp.handshake_timeout`).
+    deadline: tokio::time::Instant,
+    _registration: SessionGuard,
+}
+
+/// The ticket first; then, registered, the rest of the handshake under the
+/// client's deadline and the grant's end; then live only if the grant,
+/// read again by ID, still holds.
+async fn attempt(
+    gateway: &Arc<Gateway>,
+    config: &RdpConfig,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(Ready, Starting), HandshakeError> {
+    let limit = config.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let admitted = tokio::time::timeout_at(deadline, admit(gateway, &mut tcp))
+        .await
+        .unwrap_or(Err((Refused::Timeout(limit), None)))?;
+    let claims = admitted.claims.clone();
+    let now = gateway.clock.now_ms();
+    let id = crate::ids::new_id("s");
+    let end = EndSignal::new();
+    let info = LiveSession {
+        id: id.clone(),
+        user: claims.user.clone(),
+        target: claims.target.clone(),
+        login: claims.login.clone(),
+        protocol: Protocol::Rdp,
+        grant_id: claims.grant.clone(),
+        client_ip: Some(peer.ip().to_string()),
+        started_ms: now,
+        state: SessionState::Starting,
+    };
+    let registration = gateway.sessions.register(info, end.clone(), admitted.permit.expires_at_ms, now);
+    let starting = Starting { id, end: end.clone(), started_ms: now, deadline, _registration: registration };
+    let ready = tokio::select! {
+        biased;
+        reason = end.ended() => Err((Refused::Ended(reason), Some(claims.clone()))),
+        r = tokio::time::timeout_at(deadline, handshake(gateway, tcp, admitted)) => match r {
+            Ok(done) => done,
+            Err(_) => Err((Refused::Timeout(limit), Some(claims.clone()))),
+        }
+    }?;
+    let (sessions, session_id, now) = (Arc::clone(&gateway.sessions), starting.id.clone(), gateway.clock.now_ms());
+    blocking(&gateway.store, move |s| Ok(sessions.go_live(&session_id, s, now)))
+        .await
+        .map_err(|e| (Refused::Internal(e.to_string()), Some(claims.clone())))?
+        .map_err(|refused| (Refused::Ended(refused.to_string()), Some(claims.clone())))?;
+    Ok((ready, starting))
+}
+
+/// What a valid ticket admits, before anything is sent to the client or the target.
+struct Admitted {
+    claims: ticket::Claims,
+    grant: crate::store::Grant,
+    permit: crate::access::Permit,
+    target_config: TargetConfig,
+    rdp_port: u16,
+    /// Bytes read after the pre-connection PDU.
+    buf: Vec<u8>,
+}
+
+async fn admit(gateway: &Arc<Gateway>, tcp: &mut TcpStream) -> Result<Admitted, HandshakeError> {
     let mut buf = Vec::new();
-    let pcb = read_pdu(&mut tcp, &mut buf, wire::parse_preconnection).await.map_err(|e| (e, None))?;
+    let pcb = read_pdu(tcp, &mut buf, wire::parse_preconnection).await.map_err(|e| (e, None))?;
     let blob = pcb.blob.ok_or((Refused::Wire(wire::WireError::Preconnection("version 1 carries no ticket")), None))?;
     let now = gateway.clock.now_ms();
     let claims = ticket::verify(gateway.keys.token_key(), &blob, now).map_err(|e| (e.into(), None))?;
@@ -257,6 +330,14 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
     let Some(rdp_port) = target_config.rdp_port else {
         return Err(fail(Refused::Denied(format!("{} is not configured for RDP", claims.target))));
     };
+    Ok(Admitted { claims, grant, permit, target_config, rdp_port, buf })
+}
+
+/// The client's X.224 request, the port, the target's side (TCP, X.224, TLS,
+/// CredSSP), then the client's TLS.
+async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream, admitted: Admitted) -> Result<Ready, HandshakeError> {
+    let Admitted { claims, grant, permit, target_config, rdp_port, mut buf } = admitted;
+    let fail = |r: Refused| (r, Some(claims.clone()));
 
     // The client's X.224 Connection Request follows the ticket.
     let request_frame = read_pdu(&mut tcp, &mut buf, take_frame).await.map_err(fail)?;
@@ -276,7 +357,7 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
     let target_err = |message: String| fail(Refused::Target { target: claims.target.clone(), message });
     let hold = gateway
         .ports
-        .ensure(&permit.grant_id, &claims.target, &target_config, rdp_port, permit.expires_at_ms)
+        .ensure_detached(&permit.grant_id, &claims.target, &target_config, rdp_port, permit.expires_at_ms)
         .await
         .map_err(|e| target_err(format!("its port could not be opened: {e}")))?;
     let address = (target_config.address.as_str(), rdp_port);
@@ -357,23 +438,10 @@ async fn handshake(gateway: &Arc<Gateway>, mut tcp: TcpStream) -> Result<Ready, 
     })
 }
 
-async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: SocketAddr) {
+async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: SocketAddr, starting: Starting) {
     let Ready { client, target, claims, target_config, client_requested, target_selected, password, allow, _hold } =
         ready;
-    let session_id = crate::ids::new_id("s");
-    let now = gateway.clock.now_ms();
-    let end = EndSignal::new();
-    let info = LiveSession {
-        id: session_id.clone(),
-        user: claims.user.clone(),
-        target: claims.target.clone(),
-        login: claims.login.clone(),
-        protocol: Protocol::Rdp,
-        grant_id: claims.grant.clone(),
-        client_ip: Some(peer.ip().to_string()),
-        started_ms: now,
-    };
-    let _registered = gateway.sessions.register(info, end.clone());
+    let Starting { id: session_id, end, started_ms: now, deadline, _registration } = starting;
     let mut record = SessionRecord {
         id: session_id.clone(),
         user: claims.user.clone(),
@@ -429,13 +497,17 @@ async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: So
         let event = serde_json::json!({"event": "negotiated", "client_requested": client_requested, "target_selected": target_selected});
         let _ = r.data(Stream::Stderr, &Bytes::from(event.to_string())).await;
     }
-    // A grant that ended while we were connecting.
-    if let Err(e) = gateway.enforcer.enforce_now().await {
-        tracing::error!(error = %e, "grant enforcement failed");
-    }
-
     // The channel decision is audited as soon as the client's Connect-Initial is read.
     let (decided, decision) = tokio::sync::oneshot::channel::<serde_json::Value>();
+    // The client's side of the connection sequence stays under `rdp.handshake_timeout`.
+    let (established, connected) = tokio::sync::oneshot::channel::<()>();
+    let limit = config.handshake_timeout;
+    let sequence = async move {
+        match tokio::time::timeout_at(deadline, connected).await {
+            Err(_) => Refused::Timeout(limit).to_string(),
+            Ok(_) => std::future::pending().await,
+        }
+    };
     {
         let (gw, user, target) = (Arc::clone(&gateway), claims.user.clone(), claims.target.clone());
         tokio::spawn(async move {
@@ -450,6 +522,7 @@ async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: So
         allow,
         record_input: config.record_keystrokes,
         decided,
+        established,
     };
     let (client_read, client_write) = tokio::io::split(client);
     let (target_read, target_write) = tokio::io::split(target);
@@ -467,6 +540,7 @@ async fn relay(gateway: Arc<Gateway>, config: &RdpConfig, ready: Ready, peer: So
         r = down => r.err().unwrap_or_else(|| "closed by the target".into()),
         r = end.ended() => r,
         r = failure => r,
+        r = sequence => r,
     };
     if let Some(r) = &recorder {
         let event = serde_json::json!({"event": "ended", "reason": reason});

@@ -66,6 +66,8 @@ pub struct Upstream {
     pub record_input: bool,
     /// Receives the channel decision (for the audit log) once the Connect-Initial is read.
     pub decided: tokio::sync::oneshot::Sender<serde_json::Value>,
+    /// Told once the client's Client Info PDU has passed: its side of the connection sequence is done.
+    pub established: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Channels whose traffic is dropped, by MCS channel ID, once the target has assigned them.
@@ -292,9 +294,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Upstream { target_selected, credential, allow, record_input, decided } = up;
+    let Upstream { target_selected, credential, allow, record_input, decided, established } = up;
     let credential = credential.as_ref().map(|(c, p)| (c, p.expose().as_str()));
     let mut decided = Some(decided);
+    let mut established = Some(established);
     let mut phase = Phase::ConnectInitial;
     let mut framer = Framer::new("the client");
     while let Some(frame) = framer.next(&mut r).await? {
@@ -316,6 +319,9 @@ where
                     Some(result) => {
                         let (sent, redacted) = result?;
                         phase = Phase::Active;
+                        if let Some(tx) = established.take() {
+                            let _ = tx.send(());
+                        }
                         (Bytes::from(sent), Some(Bytes::from(redacted)))
                     }
                     None => (frame.clone(), Some(frame)),

@@ -22,7 +22,7 @@ use super::upstream::{self, Upstream, Who};
 use crate::access::{self, Permit, valid_login};
 use crate::config::TargetConfig;
 use crate::gateway::Gateway;
-use crate::sessions::{EndSignal, LiveSession, SessionGuard};
+use crate::sessions::{EndSignal, LiveSession, NotLive, SessionGuard, SessionState, grant_holds};
 use crate::store::{AuditEvent, Identity, Protocol, SessionRecord, blocking};
 
 enum State {
@@ -146,6 +146,9 @@ impl InnerHandler {
         self.state = match self.decide().await {
             Ok(upstream) => State::Ready(upstream),
             Err(message) => {
+                // A refused session is no longer listed, and lets go of the port.
+                self._registration = None;
+                self._opening = None;
                 tracing::info!(user = %self.identity.user, target = %self.target, login = %self.login, reason = %message, "session refused");
                 self.gateway
                     .audit(
@@ -181,19 +184,11 @@ impl InnerHandler {
                 self.target
             ));
         }
-        let hold = self
-            .gateway
-            .ports
-            .ensure(
-                &permit.grant_id,
-                &self.target,
-                &self.target_config,
-                self.target_config.ssh_port,
-                permit.expires_at_ms,
-            )
-            .await
-            .map_err(|e| format!("the gateway could not open {}'s port: {e}", self.target))?;
-        self._opening = Some(hold);
+        // Registered (starting) before the slow part, so that the grant's end reaches it.
+        self.register_starting(&permit);
+        let end = self.end.clone();
+        let (gateway, target, target_config, kill) =
+            (Arc::clone(&self.gateway), self.target.clone(), self.target_config.clone(), self.kill.clone());
         let who = Who {
             user: &self.identity.user,
             login: &self.login,
@@ -201,17 +196,42 @@ impl InnerHandler {
             session_id: &self.session_id,
             port_forwarding: permit.port_forwarding,
         };
-        let upstream = upstream::connect(&self.gateway, &self.target, &self.target_config, &who, self.kill.clone())
+        let setup = async {
+            let hold = gateway
+                .ports
+                .ensure_detached(
+                    &permit.grant_id,
+                    &target,
+                    &target_config,
+                    target_config.ssh_port,
+                    permit.expires_at_ms,
+                )
+                .await
+                .map_err(|e| format!("the gateway could not open {target}'s port: {e}"))?;
+            let upstream =
+                upstream::connect(&gateway, &target, &target_config, &who, kill).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((hold, upstream))
+        };
+        let (hold, upstream) = tokio::select! {
+            biased;
+            reason = end.ended() => return Err(reason),
+            done = setup => done?,
+        };
+        self._opening = Some(hold);
+        // Live only if the grant, read again by ID, still holds now.
+        let (sessions, id, now) =
+            (Arc::clone(&self.gateway.sessions), self.session_id.clone(), self.gateway.clock.now_ms());
+        blocking(&self.gateway.store, move |s| Ok(sessions.go_live(&id, s, now)))
             .await
-            .map_err(|e| e.to_string())?;
-        self.register(&permit).await;
+            .map_err(|e| format!("the gateway cannot check your grant right now ({e})"))?
+            .map_err(|refused| refused.to_string())?;
+        self.record_start(&permit).await;
         self.permit = Some(permit);
         Ok(Arc::new(upstream))
     }
 
-    async fn register(&mut self, permit: &Permit) {
-        let now = self.gateway.clock.now_ms();
-        let info = LiveSession {
+    fn live_session(&self, permit: &Permit, now: i64) -> LiveSession {
+        LiveSession {
             id: self.session_id.clone(),
             user: self.identity.user.clone(),
             target: self.target.clone(),
@@ -220,8 +240,20 @@ impl InnerHandler {
             grant_id: permit.grant_id.clone(),
             client_ip: Some(self.peer.ip().to_string()),
             started_ms: now,
-        };
-        self._registration = Some(self.gateway.sessions.register(info.clone(), self.end.clone()));
+            state: SessionState::Starting,
+        }
+    }
+
+    fn register_starting(&mut self, permit: &Permit) {
+        let now = self.gateway.clock.now_ms();
+        let info = self.live_session(permit, now);
+        self._registration = Some(self.gateway.sessions.register(info, self.end.clone(), permit.expires_at_ms, now));
+    }
+
+    /// The session is live: its record and `session.started`.
+    async fn record_start(&mut self, permit: &Permit) {
+        let now = self.gateway.clock.now_ms();
+        let info = self.live_session(permit, now);
         let session = SessionRecord {
             id: info.id.clone(),
             user: info.user.clone(),
@@ -252,9 +284,34 @@ impl InnerHandler {
             tracing::error!(error = %e, "cannot record a session start");
         }
         tracing::info!(session = %info.id, user = %info.user, target = %info.target, login = %info.login, grant = %info.grant_id, "session started");
-        // A grant that ended while we were connecting: the enforcer already ran, so check here too.
-        if let Err(e) = self.gateway.enforcer.enforce_now().await {
-            tracing::error!(error = %e, "grant enforcement failed");
+    }
+
+    /// Re-checks the grant by ID before a new channel. When it is over, the
+    /// whole session is ended with the reason, which is returned; when the
+    /// store cannot answer, only the channel is refused.
+    fn channel_check(&self) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (gateway, end) = (Arc::clone(&self.gateway), self.end.clone());
+        let grant_id = self.permit.as_ref().map(|p| p.grant_id.clone());
+        async move {
+            if end.is_ended() {
+                return Err(end.reason());
+            }
+            let Some(grant_id) = grant_id else { return Err("not signed in".into()) };
+            let id = grant_id.clone();
+            let grant = blocking(&gateway.store, move |s| s.grant(&id)).await;
+            let over = match grant {
+                Ok(g) => match grant_holds(g.as_ref(), &grant_id, gateway.clock.now_ms()) {
+                    Ok(()) => return Ok(()),
+                    Err(over) => over.to_string(),
+                },
+                Err(e) => {
+                    tracing::error!(grant = %grant_id, error = %e, "cannot re-check a grant; channel refused");
+                    return Err(NotLive::Store(e.to_string()).to_string());
+                }
+            };
+            tracing::info!(grant = %grant_id, reason = %over, "channel refused: the grant is over; ending the session");
+            end.end(over.clone());
+            Err(over)
         }
     }
 
@@ -308,7 +365,16 @@ impl russh::server::Handler for InnerHandler {
         match &self.state {
             State::Ready(upstream) => {
                 let _ = upstream.reverse.inner.set(session.handle());
-                tokio::spawn(relay::session_channel(Arc::clone(upstream), channel, reply, self.ctx(session)));
+                let (upstream, ctx, check) = (Arc::clone(upstream), self.ctx(session), self.channel_check());
+                tokio::spawn(async move {
+                    match check.await {
+                        Ok(()) => relay::session_channel(upstream, channel, reply, ctx).await,
+                        Err(reason) => {
+                            reply.accept().await;
+                            relay::refuse_session(channel, reason).await;
+                        }
+                    }
+                });
             }
             State::Refused(message) => {
                 let message = message.clone();
@@ -338,15 +404,16 @@ impl russh::server::Handler for InnerHandler {
                 Ok(()) => {
                     let originator = (originator_address.to_string(), originator_port);
                     let host = host.chars().take(255).collect();
-                    tokio::spawn(relay::forward(
-                        Arc::clone(upstream),
-                        channel,
-                        host,
-                        port,
-                        originator,
-                        reply,
-                        self.ctx(session),
-                    ));
+                    let (upstream, ctx, check) = (Arc::clone(upstream), self.ctx(session), self.channel_check());
+                    tokio::spawn(async move {
+                        match check.await {
+                            Ok(()) => relay::forward(upstream, channel, host, port, originator, reply, ctx).await,
+                            Err(reason) => {
+                                let reason = format!("jit-gateway: {reason}");
+                                reply.reject(ChannelOpenFailure::Other { code: 1, reason }).await;
+                            }
+                        }
+                    });
                     return Ok(());
                 }
                 Err(denied) => denied.to_string(),

@@ -84,6 +84,10 @@ pub trait Store: Send + Sync + 'static {
     fn grants_due(&self, now_ms: i64) -> StoreResult<Vec<Grant>>;
     /// The earliest end among unprocessed grants, to sleep until.
     fn next_grant_end(&self) -> StoreResult<Option<i64>>;
+    /// Claims a grant's end: sets `ended_ms`, takes it out of the end index and
+    /// appends `event`, in one transaction. `false` when it was claimed before
+    /// (a concurrent run), and then nothing is written.
+    fn finish_grant(&self, id: &str, now_ms: i64, event: &AuditEvent) -> StoreResult<bool>;
 
     fn upsert_session(&self, session: &SessionRecord) -> StoreResult<()>;
     fn sessions(&self, limit: usize) -> StoreResult<Vec<SessionRecord>>;

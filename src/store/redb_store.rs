@@ -413,6 +413,26 @@ impl Store for RedbStore {
         Ok(first.and_then(|(k, _)| k.value().split_once('/').and_then(|(ms, _)| ms.parse().ok())))
     }
 
+    fn finish_grant(&self, id: &str, now_ms: i64, event: &AuditEvent) -> StoreResult<bool> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut grants = txn.open_table(GRANTS).map_err(db_err)?;
+            let mut grant: Grant = match grants.get(id).map_err(db_err)? {
+                Some(v) => decode(id, v.value())?,
+                None => return Err(StoreError::NotFound(format!("grant {id}"))),
+            };
+            if grant.ended_ms.is_some() {
+                return Ok(false);
+            }
+            txn.open_table(GRANT_ENDS).map_err(db_err)?.remove(end_key(&grant).as_str()).map_err(db_err)?;
+            grant.ended_ms = Some(now_ms);
+            grants.insert(id, encode(&grant)?.as_slice()).map_err(db_err)?;
+        }
+        self.append_in(&txn, event, now_ms)?;
+        txn.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
     fn upsert_session(&self, session: &SessionRecord) -> StoreResult<()> {
         self.put(SESSIONS, &session.id, session)
     }

@@ -200,3 +200,18 @@ fn names_of_a_store_written_before_pinning_go_to_the_first_identity_seen() {
     assert_eq!(store.user_name_owner("alice@example.test").unwrap(), Some(early.id));
     assert_eq!(store.user_name_owner("bob@example.test").unwrap(), None, "automation identities are not pinned");
 }
+
+#[test]
+fn a_grants_end_is_claimed_once() {
+    let (_dir, store) = open();
+    store.insert_grant(&grant("g-1", "alice@example.test", 1000)).unwrap();
+    let event = AuditEvent::new("grant.ended.expired", "jit-gateway", serde_json::json!({"grant": "g-1"}));
+    assert_eq!(store.grants_due(2000).unwrap().len(), 1);
+    assert!(store.finish_grant("g-1", 2000, &event).unwrap());
+    assert!(!store.finish_grant("g-1", 2001, &event).unwrap(), "a second claim writes nothing");
+    assert!(store.grants_due(3000).unwrap().is_empty());
+    assert_eq!(store.next_grant_end().unwrap(), None);
+    assert_eq!(store.grant("g-1").unwrap().unwrap().ended_ms, Some(2000));
+    assert_eq!(store.audit_records(0, 10).unwrap().len(), 1);
+    assert!(matches!(store.finish_grant("g-9", 2000, &event), Err(StoreError::NotFound(_))));
+}

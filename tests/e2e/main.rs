@@ -7,6 +7,7 @@ mod support;
 mod azure;
 mod limits;
 
+mod enforcement;
 mod rdp;
 mod recordings;
 mod refusals;

@@ -114,6 +114,7 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
     );
 
     let x = Xvfb::start();
+    let connecting = Instant::now();
     // The user does not know the target's password: the client sends another one.
     let mut client = XFreeRdp::start(
         &x.display,
@@ -146,6 +147,8 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
         .unwrap();
     assert!(typed.success());
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Past `rdp.handshake_timeout` (10 s): a session whose connection sequence is done is not cut by it.
+    tokio::time::sleep_until((connecting + Duration::from_secs(11)).into()).await;
     assert_eq!(client.exited(), None, "xfreerdp is still connected: {}", client.log());
 
     let revoke = gw.cli(&["grant", "revoke", &grant, "--reason", "change window over"]).await;
@@ -216,6 +219,10 @@ async fn rdp_xrdp_xfreerdp_logs_in_through_the_gateway_and_the_recording_replays
         }
     }
     let audit = audit_text(&gw).await;
+    assert!(
+        audit.lines().any(|l| l.contains("\"kind\":\"session.ended\"") && l.contains("change window over")),
+        "the session ended with its grant, not before: {audit}"
+    );
     let decision = audit
         .lines()
         .find(|l| l.contains("\"kind\":\"rdp.channels\""))
@@ -500,7 +507,8 @@ async fn rdp_garbage_truncated_pdus_and_clients_that_stop_mid_tls_leave_the_gate
     assert_eq!(target.count(), 2);
     drop(silent);
     let _ = grant;
-    assert!(gw.gateway.sessions.list().is_empty());
+    // Registered (starting) once their ticket was checked, gone once the gateway sees them close.
+    assert!(eventually(Duration::from_secs(5), || gw.gateway.sessions.list().is_empty()).await);
 }
 
 /// IronRDP's client, as a second independent client, through the gateway to xrdp.

@@ -124,6 +124,19 @@ fn config(width: u16, height: u16) -> Config {
 }
 
 /// Connects to `addr` with `ticket`, then reads what the server sends for `watch`.
+/// A TLS client configuration that accepts the gateway's (test) certificate.
+pub fn accept_any_tls() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
+    )
+}
+
 pub fn connect(addr: &str, ticket: &str, watch: Duration) -> Result<Outcome, String> {
     let mut tcp = TcpStream::connect(addr).map_err(|x| format!("connect: {x}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(20))).ok();
