@@ -10,6 +10,7 @@
 //!   channel, the upstream client toward the VM, and the channel relay.
 //! - `recording`: recorders, formats (asciicast, exec, sftp events), sealing.
 //! - `sessions`: live sessions and ending them when their grant ends.
+//! - `recovery`: at start-up, ending the sessions and sealing the recordings a crash left open.
 //! - `admin`: the local admin socket behind `jit-gateway grant ...`.
 //! - `replay`: the terminal player.
 
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod azure;
 pub mod clock;
 pub mod config;
+pub mod error_text;
 pub mod gateway;
 pub mod ids;
 pub mod keys;
@@ -30,6 +32,7 @@ pub mod policy;
 pub mod ports;
 pub mod rdp;
 pub mod recording;
+pub mod recovery;
 pub mod replay;
 pub mod secret;
 pub mod sessions;

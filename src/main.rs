@@ -145,7 +145,7 @@ fn main() -> std::process::ExitCode {
             Command::Sessions(a) => cli::sessions(&args.config, a).await,
             Command::Recordings(a) => cli::recordings(&args.config, a).await,
             Command::Replay(a) => cli::replay(&args.config, a),
-            Command::Verify(a) => cli::verify(&args.config, a),
+            Command::Verify(a) => cli::verify(&args.config, a).await,
             Command::Login(a) => cli_api::login(a).await,
             Command::Logout => cli_api::logout().await,
             Command::Whoami { json } => cli_api::whoami(json).await,
@@ -163,7 +163,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jit-gateway: {e:#}");
+            eprintln!("jit-gateway: {}", jit_gateway::error_text::join(e.chain().map(|c| c.to_string())));
             std::process::ExitCode::FAILURE
         }
     }
