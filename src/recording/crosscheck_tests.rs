@@ -53,9 +53,11 @@ fn meta(kind: RecordingKind, session: &str) -> RecordingMeta {
 }
 
 /// Records one channel per kind through the real writer and waits until they are sealed.
-async fn three_recordings(f: &Fixture) -> Vec<String> {
+async fn one_of_each_kind(f: &Fixture) -> Vec<String> {
     let mut ids = Vec::new();
-    for (i, kind) in [RecordingKind::Pty, RecordingKind::Exec, RecordingKind::Sftp].into_iter().enumerate() {
+    for (i, kind) in
+        [RecordingKind::Pty, RecordingKind::Exec, RecordingKind::Sftp, RecordingKind::Rdp].into_iter().enumerate()
+    {
         let recorder = f.service.start(meta(kind, &format!("s-{i}"))).await.unwrap();
         for n in 0..3 {
             recorder.data(Stream::Output, &Bytes::from(format!("output {n} of {kind}\r\n"))).await.unwrap();
@@ -82,16 +84,26 @@ fn file_of(f: &Fixture, id: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn an_untouched_set_passes_and_each_recording_agrees_with_the_index_and_audit() {
     let f = fixture();
-    let ids = three_recordings(&f).await;
+    let ids = one_of_each_kind(&f).await;
     let e = evidence(&f);
     assert!(e.audit_ok, "{}", e.audit);
-    assert_eq!(e.seals.len(), 3);
+    assert_eq!(e.seals.len(), 4);
     let found = verdicts(&f);
-    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(found.len(), 4, "{found:?}");
     assert!(found.iter().all(|(_, v)| *v == Verdict::Ok), "{found:?}");
     for id in &ids {
         let v = seal::verify(&file_of(&f, id), f.keys.signing_public()).unwrap();
-        assert!(matches!(v.chain, seal::ChainVerdict::Sidecar(_)), "{id}: {:?}", v.chain);
+        let rdp = v.manifest.kind == "rdp";
+        assert!(
+            matches!(v.chain, seal::ChainVerdict::Sidecar(_) if !rdp)
+                || matches!(v.chain, seal::ChainVerdict::Inline { links: 1.., unverified_tail: 0, .. } if rdp),
+            "{id}: {:?}",
+            v.chain
+        );
+        assert!(
+            v.manifest.chain.as_ref().is_some_and(|c| (c.links >= 1 || c.covered == 0) && c.covered == v.manifest.size),
+            "{v:?}"
+        );
         let one = collect(f.store.as_ref(), Some(id), f.keys.signing_public()).unwrap();
         let seals: Vec<&AuditRecord> = one.seals.iter().collect();
         assert_eq!(disagreements(&v.manifest, one.recordings.first(), &seals), Vec::<String>::new());
@@ -101,7 +113,7 @@ async fn an_untouched_set_passes_and_each_recording_agrees_with_the_index_and_au
 #[tokio::test]
 async fn deleted_swapped_altered_and_stray_recordings_are_reported() {
     let f = fixture();
-    let ids = three_recordings(&f).await;
+    let ids = one_of_each_kind(&f).await;
     let (pty, exec, sftp) = (file_of(&f, &ids[0]), file_of(&f, &ids[1]), file_of(&f, &ids[2]));
     // Swapped: the sftp recording's files replaced by copies of the terminal recording's, renamed.
     std::fs::copy(&pty, &sftp).unwrap();
@@ -123,6 +135,7 @@ async fn deleted_swapped_altered_and_stray_recordings_are_reported() {
     assert_eq!(verdict(&ids[0]), Some(Verdict::Missing), "{found:?}");
     assert_eq!(verdict(&ids[1]), Some(Verdict::Altered), "{found:?}");
     assert_eq!(verdict(&ids[2]), Some(Verdict::Swapped), "{found:?}");
+    assert_eq!(verdict(&ids[3]), Some(Verdict::Ok), "{found:?}");
     assert_eq!(verdict("r-stranger"), Some(Verdict::Unindexed), "{found:?}");
 }
 
