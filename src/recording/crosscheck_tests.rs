@@ -208,3 +208,26 @@ async fn a_chain_broken_before_recovery_stays_refused() {
     assert!(matches!(err, SealError::Chain { .. }), "{err}");
     assert_eq!(verdicts(&f), vec![(id, Verdict::Altered)]);
 }
+
+#[tokio::test]
+async fn a_recording_from_before_chains_left_open_is_sealed_without_one() {
+    let f = fixture();
+    let recorder = f.service.start(meta(RecordingKind::Pty, "s-old")).await.unwrap();
+    let id = recorder.id().to_string();
+    recorder.data(Stream::Output, &Bytes::from_static(b"made by an older gateway\r\n")).await.unwrap();
+    drop(recorder);
+    f.service.drain().await;
+    // What an older gateway leaves after a crash: no chain file, no manifest, an index entry without `chained`.
+    let mut record = f.store.recording(&id).unwrap().unwrap();
+    let path = f.dir.join(&record.file);
+    std::fs::remove_file(seal::manifest_path(&path)).unwrap();
+    std::fs::remove_file(seal::chain_path(&path)).unwrap();
+    (record.ended_ms, record.chained) = (None, false);
+    f.store.upsert_recording(&record).unwrap();
+    let open = super::super::recovery::left_open(&f.store).await;
+    super::super::recovery::seal_interrupted(Arc::clone(&f.service), open).await;
+    let v = seal::verify(&path, f.keys.signing_public()).unwrap();
+    assert_eq!(v.chain, seal::ChainVerdict::None);
+    assert!(v.manifest.interrupted.is_some());
+    assert_eq!(verdicts(&f), vec![(id, Verdict::Interrupted)]);
+}

@@ -154,6 +154,7 @@ impl RecordingService {
             bytes_from_client: 0,
             bytes_from_target: 0,
             note: None,
+            chained: true,
         };
         let indexed = record.clone();
         blocking(&self.store, move |s| s.upsert_recording(&indexed)).await?;

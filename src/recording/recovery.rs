@@ -87,13 +87,16 @@ fn examine(
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as i64);
-    let chain = chain_on_disk(&path, &record, &bytes);
-    let (manifest_chain, unverified_tail, chain_text) = match &chain {
-        Ok((c, tail)) => {
-            let text = format!("{} chain links cover {} of {} bytes", c.links, c.covered, bytes.len());
-            (c.clone(), *tail, text)
+    let (manifest_chain, unverified_tail, chain_text) = if !record.chained && record.kind != RecordingKind::Rdp {
+        (None, 0, "no chain: recorded before recordings had a per-flush hash chain".to_string())
+    } else {
+        match chain_on_disk(&path, &record, &bytes) {
+            Ok((c, tail)) => {
+                let text = format!("{} chain links cover {} of {} bytes", c.links, c.covered, bytes.len());
+                (Some(c), tail, text)
+            }
+            Err((broken, e)) => (Some(broken), 0, format!("the hash chain was already broken when found: {e}")),
         }
-        Err((broken, e)) => (broken.clone(), 0, format!("the hash chain was already broken when found: {e}")),
     };
     record.ended_ms = Some(last_write.unwrap_or(now).clamp(record.started_ms, now.max(record.started_ms)));
     record.size = Some(bytes.len() as u64);
@@ -101,7 +104,7 @@ fn examine(
     record.note = Some(format!("interrupted: {REASON}; {chain_text}"));
     let interrupted = Interrupted { reason: REASON.into(), found_ms: now, unverified_tail };
     let mut manifest = Manifest::for_record(&record, keys);
-    manifest.chain = Some(manifest_chain);
+    manifest.chain = manifest_chain;
     manifest.interrupted = Some(interrupted.clone());
     if let Err(e) = seal::write_manifest(keys, &path, manifest) {
         tracing::error!(recording = %record.id, error = %e, "cannot seal an interrupted recording");

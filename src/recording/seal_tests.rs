@@ -22,6 +22,7 @@ fn record(id: &str, content: &[u8]) -> RecordingRecord {
         bytes_from_client: 0,
         bytes_from_target: 2,
         note: None,
+        chained: true,
     }
 }
 

@@ -277,6 +277,12 @@ async fn a_recording_cut_by_kill_9_is_sealed_as_interrupted_at_the_next_start() 
     let _ = command.await;
     assert!(!jit_gateway::recording::seal::manifest_path(&path).exists(), "nothing was sealed at the kill");
     let on_disk = std::fs::read(&path).unwrap();
+    // With the gateway down nothing is sealed yet: `verify` says so, once (it used to repeat the cause).
+    let unsealed = gateway_cli(&config, &["verify", &id, "--files-only"]).await;
+    assert!(!unsealed.status.success());
+    let message = text(&unsealed.stderr);
+    assert_eq!(message.matches("is not sealed").count(), 1, "{message}");
+    assert!(!message.contains("os error"), "{message}");
 
     // The reported failure: before the fix, `verify` named the missing manifest twice, and the
     // recording stayed `live` forever after the restart.
@@ -317,6 +323,10 @@ async fn a_recording_cut_by_kill_9_is_sealed_as_interrupted_at_the_next_start() 
     assert!(text(&replay.stderr).contains("without its trailer"), "{}", text(&replay.stderr));
     gateway.stop().await;
 
+    // The same proof from the store file, with the gateway stopped.
+    let db = dir.path().join("state/gateway.redb");
+    let offline = gateway_cli(&config, &["verify", &id, "--db", db.to_str().unwrap()]).await;
+    assert!(text(&offline.stdout).contains("the index and the audit log agree"), "{}", text(&offline.stderr));
     // The store, read directly now that the gateway is stopped.
     let store = jit_gateway::store::RedbStore::open(&dir.path().join("state/gateway.redb")).unwrap();
     use jit_gateway::store::Store;
