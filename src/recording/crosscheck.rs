@@ -213,12 +213,13 @@ pub fn check_all(dir: &Path, evidence: &Evidence, trusted: &russh::keys::PublicK
         if indexed.contains_key(id) {
             continue;
         }
-        let file = s.last().and_then(|s| s.details.get("file")).and_then(|v| v.as_str()).unwrap_or_default();
+        let Some(last) = s.iter().max_by_key(|s| s.seq) else { continue };
+        let file = last.details.get("file").and_then(|v| v.as_str()).unwrap_or_default();
         let on_disk = !file.is_empty() && !file.contains('/') && dir.join(file).is_file();
         let detail = if on_disk {
-            format!("audit record {} sealed it and {file} is there, but the index has no entry", s[s.len() - 1].seq)
+            format!("audit record {} sealed it and {file} is there, but the index has no entry", last.seq)
         } else {
-            format!("audit record {} sealed it; the index entry and the file are gone", s[s.len() - 1].seq)
+            format!("audit record {} sealed it; the index entry and the file are gone", last.seq)
         };
         findings.push(finding(id, if on_disk { Verdict::Unindexed } else { Verdict::Missing }, detail));
     }

@@ -231,3 +231,21 @@ async fn a_recording_from_before_chains_left_open_is_sealed_without_one() {
     assert!(v.manifest.interrupted.is_some());
     assert_eq!(verdicts(&f), vec![(id, Verdict::Interrupted)]);
 }
+
+#[tokio::test]
+async fn a_recording_removed_from_the_index_is_found_through_its_audit_seal() {
+    let f = fixture();
+    let ids = one_of_each_kind(&f).await;
+    // The index as someone with write access to the store would leave it: two entries gone.
+    let mut e = evidence(&f);
+    e.recordings.retain(|r| r.id != ids[0] && r.id != ids[1]);
+    let pty = f.dir.join(format!("{}.cast", ids[0]));
+    for p in [pty.clone(), seal::manifest_path(&pty), seal::chain_path(&pty)] {
+        std::fs::remove_file(p).unwrap();
+    }
+    let found = check_all(&f.dir, &e, f.keys.signing_public());
+    let verdict = |id: &str| found.iter().find(|x| x.recording == id).map(|x| x.verdict);
+    assert_eq!(verdict(&ids[0]), Some(Verdict::Missing), "{found:?}");
+    assert_eq!(verdict(&ids[1]), Some(Verdict::Unindexed), "{found:?}");
+    assert_eq!(found.iter().filter(|x| x.verdict.is_problem()).count(), 2, "{found:?}");
+}
