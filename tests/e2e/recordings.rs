@@ -287,12 +287,14 @@ async fn a_recording_cut_by_kill_9_is_sealed_as_interrupted_at_the_next_start() 
     // The reported failure: before the fix, `verify` named the missing manifest twice, and the
     // recording stayed `live` forever after the restart.
     let gateway = support::GwProcess::start(&config, port).await;
+    let restarted = std::time::Instant::now();
     let sealed = eventually(Duration::from_secs(20), || {
         jit_gateway::recording::seal::manifest_path(&path).exists()
             && jit_gateway::recording::seal::manifest_path(&exec_path).exists()
     })
     .await;
     assert!(sealed, "the restarted gateway sealed the interrupted recording");
+    eprintln!("sealed {:?} after the restarted gateway listened", restarted.elapsed());
     let listed = cli_ok(&gateway, &["recordings", "--json"]).await;
     let list: Vec<RecordingRecord> = serde_json::from_str(&listed).unwrap();
     let record = list.iter().find(|r| r.id == id).expect("still indexed");
