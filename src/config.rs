@@ -34,6 +34,9 @@ pub struct Config {
     #[serde(default)]
     pub ssh: SshConfig,
     pub oidc: OidcConfig,
+    /// How long a sign-in stands before the gateway asks the provider again.
+    #[serde(default)]
+    pub signin: SigninConfig,
     #[serde(default)]
     pub recording: RecordingConfig,
     #[serde(default)]
@@ -65,6 +68,10 @@ pub struct GatewayConfig {
     pub state_dir: PathBuf,
     /// Key material (see certs/README.md).
     pub certs_dir: PathBuf,
+    /// Refusals of peers that have not signed in (limits, bad RDP tickets) are counted and
+    /// written to the audit log as one `refusals.aggregated` record per source and interval.
+    #[serde(with = "humantime_serde")]
+    pub refusal_audit_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -74,6 +81,7 @@ impl Default for GatewayConfig {
             public_host: "127.0.0.1".into(),
             state_dir: PathBuf::from("/var/lib/jit-gateway"),
             certs_dir: PathBuf::from("/etc/jit-gateway/certs"),
+            refusal_audit_interval: Duration::from_secs(60),
         }
     }
 }
@@ -124,6 +132,19 @@ pub struct SshConfig {
     /// so only AES-GCM is offered by default. Add "chacha20-poly1305@openssh.com" for
     /// clients without AES-GCM.
     pub ciphers: Vec<String>,
+    /// Time a connection has to begin a sign-in (a bound key accepted, or a device-flow
+    /// sign-in started) before it is cut; `login_grace_time` then covers the wait for approval.
+    /// The shorter of the two applies when `login_grace_time` is shorter.
+    #[serde(with = "humantime_serde")]
+    pub preauth_timeout: Duration,
+    /// Connections that have not signed in, from one source address (an IPv6 /64), at most.
+    pub max_unauthenticated_per_source: usize,
+    /// Device-flow sign-ins waiting for approval from one source address, at most.
+    pub max_pending_sign_ins_per_source: usize,
+    /// Key exchange methods offered, in order. Finite-field Diffie-Hellman
+    /// (`diffie-hellman-group14-sha256` ... `group18-sha512`, `diffie-hellman-group-exchange-sha256`)
+    /// costs the server far more than the client (DHEat) and is only offered when listed here.
+    pub kex_algorithms: Vec<String>,
 }
 
 impl Default for SshConfig {
@@ -144,6 +165,14 @@ impl Default for SshConfig {
             upstream_host_key_policy: HostKeyPolicy::Tofu,
             keepalive_interval: Duration::from_secs(30),
             ciphers: vec!["aes128-gcm@openssh.com".into(), "aes256-gcm@openssh.com".into()],
+            preauth_timeout: Duration::from_secs(30),
+            max_unauthenticated_per_source: 16,
+            max_pending_sign_ins_per_source: 4,
+            kex_algorithms: vec![
+                "mlkem768x25519-sha256".into(),
+                "curve25519-sha256".into(),
+                "curve25519-sha256@libssh.org".into(),
+            ],
         }
     }
 }
@@ -168,6 +197,11 @@ pub struct OidcConfig {
     pub login_name_claim: String,
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// With `user_claim = "email"`, a token must carry `email_verified: true`; a missing
+    /// claim counts as unverified. Set this only for a provider that verifies every
+    /// address it issues but does not send the claim (check first: Entra ID does neither).
+    #[serde(default)]
+    pub assume_email_verified: bool,
     /// Accept an `http://` issuer, only when it is on a loopback address (demo and tests).
     #[serde(default)]
     pub allow_insecure_loopback_issuer: bool,
@@ -181,7 +215,9 @@ pub struct OidcConfig {
 }
 
 fn default_scopes() -> Vec<String> {
-    vec!["openid".into(), "email".into(), "profile".into()]
+    // offline_access: a refresh token, so that sign-ins are re-checked with the
+    // provider (signin.revalidate) without asking the person again.
+    vec!["openid".into(), "email".into(), "profile".into(), "offline_access".into()]
 }
 fn default_user_claim() -> String {
     "email".into()
@@ -197,6 +233,23 @@ fn default_clock_skew() -> Duration {
 }
 fn default_http_timeout() -> Duration {
     Duration::from_secs(15)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigninConfig {
+    /// A person's sign-in is checked with the provider again (refresh token) when
+    /// they start a session or call the API this long after the last check; a
+    /// person disabled at the provider is refused from then on. Without a refresh
+    /// token (no `offline_access`), they must sign in again.
+    #[serde(with = "humantime_serde")]
+    pub revalidate: Duration,
+}
+
+impl Default for SigninConfig {
+    fn default() -> Self {
+        Self { revalidate: Duration::from_secs(3600) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,10 +297,58 @@ pub struct ApiConfig {
     /// Certificate chain and key (PEM). Default: `tls.crt`/`tls.key` in certs_dir, self-signed, made on first start.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Connections to the API at once, at most.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
+    /// Connections to the API from one source address (an IPv6 /64), at most.
+    #[serde(default = "default_api_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Time for the TLS handshake, and for each request's head (also an idle connection's next one).
+    #[serde(default = "default_api_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time to receive a request's whole body.
+    #[serde(default = "default_api_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Time from a request's head to the end of its answer (a sign-in wait answers within half of it).
+    #[serde(default = "default_api_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request body; larger ones are refused with 413.
+    #[serde(default = "default_api_max_body")]
+    pub max_body: ByteSize,
+    /// Sign-ins (`jit-gateway login`) in progress at once, at most.
+    #[serde(default = "default_api_max_pending_sign_ins")]
+    pub max_pending_sign_ins: usize,
+    /// Sign-ins in progress from one source address, at most.
+    #[serde(default = "default_api_max_pending_sign_ins_per_source")]
+    pub max_pending_sign_ins_per_source: usize,
 }
 
 fn default_session_ttl() -> Duration {
     Duration::from_secs(8 * 3600)
+}
+fn default_api_max_connections() -> usize {
+    512
+}
+fn default_api_max_connections_per_source() -> usize {
+    32
+}
+fn default_api_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_api_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_api_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_api_max_body() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_api_max_pending_sign_ins() -> usize {
+    128
+}
+fn default_api_max_pending_sign_ins_per_source() -> usize {
+    8
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -349,6 +450,19 @@ pub struct RdpConfig {
     /// Certificate chain and key (PEM) shown to RDP clients; default the gateway's `tls.crt`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Connections in their handshake at once, at most (past it, sessions are limited by grants).
+    #[serde(default = "default_rdp_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Connections in their handshake from one source address (an IPv6 /64), at most.
+    #[serde(default = "default_rdp_max_handshakes_per_source")]
+    pub max_handshakes_per_source: usize,
+}
+
+fn default_rdp_max_handshakes() -> usize {
+    64
+}
+fn default_rdp_max_handshakes_per_source() -> usize {
+    8
 }
 
 fn default_ticket_ttl() -> Duration {
@@ -362,6 +476,20 @@ fn default_rdp_handshake_timeout() -> Duration {
 fn default_ssh_port() -> u16 {
     22
 }
+
+/// Key exchange methods `ssh.kex_algorithms` may name: the ones russh implements,
+/// without SHA-1, the 1024-bit group and the NIST curves. Each is also a `russh::kex::Name`.
+pub const OFFERABLE_KEX: &[&str] = &[
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group14-sha256",
+    "diffie-hellman-group15-sha512",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group17-sha512",
+    "diffie-hellman-group18-sha512",
+];
 
 /// A size in bytes written as `64MiB`, `512 KiB`, `1GB` or a bare number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,6 +620,9 @@ impl Config {
         if self.gateway.name.is_empty() || self.gateway.name.contains(char::is_whitespace) {
             return Err(invalid("gateway.name", "must be a single word"));
         }
+        if self.signin.revalidate.is_zero() || self.signin.revalidate > Duration::from_secs(24 * 3600) {
+            return Err(invalid("signin.revalidate", "must be between 1s and 24h"));
+        }
         if self.ssh.key_binding_ttl.is_zero() {
             return Err(invalid("ssh.key_binding_ttl", "must be longer than zero"));
         }
@@ -509,6 +640,7 @@ impl Config {
         if self.ssh.max_pending_sign_ins == 0 {
             return Err(invalid("ssh.max_pending_sign_ins", "must be at least 1"));
         }
+        self.validate_limits()?;
         if self.ssh.ciphers.is_empty() {
             return Err(invalid("ssh.ciphers", "offer at least one cipher"));
         }
@@ -607,6 +739,82 @@ impl Config {
         }
         if let Some((key, message)) = self.policy.problems(&self.targets).into_iter().next() {
             return Err(invalid(key, message));
+        }
+        Ok(())
+    }
+
+    /// The admission limits and timeouts (docs/security.md, "Limits").
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let ssh = &self.ssh;
+        if ssh.preauth_timeout < Duration::from_secs(1) || ssh.preauth_timeout > Duration::from_secs(600) {
+            return Err(invalid("ssh.preauth_timeout", "must be between 1s and 10m"));
+        }
+        if ssh.max_unauthenticated_per_source == 0 || ssh.max_unauthenticated_per_source > ssh.max_unauthenticated {
+            return Err(invalid("ssh.max_unauthenticated_per_source", "must be between 1 and ssh.max_unauthenticated"));
+        }
+        if ssh.max_pending_sign_ins_per_source == 0 || ssh.max_pending_sign_ins_per_source > ssh.max_pending_sign_ins {
+            return Err(invalid(
+                "ssh.max_pending_sign_ins_per_source",
+                "must be between 1 and ssh.max_pending_sign_ins",
+            ));
+        }
+        if ssh.kex_algorithms.is_empty() {
+            return Err(invalid("ssh.kex_algorithms", "offer at least one key exchange method"));
+        }
+        for (i, name) in ssh.kex_algorithms.iter().enumerate() {
+            if !OFFERABLE_KEX.contains(&name.as_str()) {
+                return Err(invalid(
+                    format!("ssh.kex_algorithms[{i}]"),
+                    format!("`{name}` is not offered (choose from {})", OFFERABLE_KEX.join(", ")),
+                ));
+            }
+        }
+        if self.gateway.refusal_audit_interval < Duration::from_secs(1)
+            || self.gateway.refusal_audit_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid("gateway.refusal_audit_interval", "must be between 1s and 1h"));
+        }
+        if let Some(api) = &self.api {
+            if api.max_connections == 0 {
+                return Err(invalid("api.max_connections", "must be at least 1"));
+            }
+            if api.max_connections_per_source == 0 || api.max_connections_per_source > api.max_connections {
+                return Err(invalid("api.max_connections_per_source", "must be between 1 and api.max_connections"));
+            }
+            for (key, value) in [
+                ("api.header_timeout", api.header_timeout),
+                ("api.body_timeout", api.body_timeout),
+                ("api.request_timeout", api.request_timeout),
+            ] {
+                if value < Duration::from_secs(1) || value > Duration::from_secs(600) {
+                    return Err(invalid(key, "must be between 1s and 10m"));
+                }
+            }
+            if api.body_timeout > api.request_timeout {
+                return Err(invalid("api.body_timeout", "must not be longer than api.request_timeout"));
+            }
+            if api.max_body.0 < 1 << 10 || api.max_body.0 > 16 << 20 {
+                return Err(invalid("api.max_body", "must be between 1KiB and 16MiB"));
+            }
+            if api.max_pending_sign_ins == 0 {
+                return Err(invalid("api.max_pending_sign_ins", "must be at least 1"));
+            }
+            if api.max_pending_sign_ins_per_source == 0
+                || api.max_pending_sign_ins_per_source > api.max_pending_sign_ins
+            {
+                return Err(invalid(
+                    "api.max_pending_sign_ins_per_source",
+                    "must be between 1 and api.max_pending_sign_ins",
+                ));
+            }
+        }
+        if let Some(rdp) = &self.rdp {
+            if rdp.max_handshakes == 0 {
+                return Err(invalid("rdp.max_handshakes", "must be at least 1"));
+            }
+            if rdp.max_handshakes_per_source == 0 || rdp.max_handshakes_per_source > rdp.max_handshakes {
+                return Err(invalid("rdp.max_handshakes_per_source", "must be between 1 and rdp.max_handshakes"));
+            }
         }
         Ok(())
     }

@@ -97,3 +97,52 @@ fn byte_sizes_parse() {
     assert!(ByteSize::parse("12 parsecs").is_err());
     assert!(ByteSize::parse("99999999999999GiB").is_err());
 }
+
+#[test]
+fn limits_have_safe_defaults_and_are_checked() {
+    let c = Config::from_toml(MINIMAL, Path::new(".")).unwrap();
+    assert_eq!(c.ssh.preauth_timeout, Duration::from_secs(30));
+    assert_eq!(c.ssh.max_unauthenticated_per_source, 16);
+    assert_eq!(c.ssh.max_pending_sign_ins_per_source, 4);
+    assert_eq!(c.ssh.kex_algorithms, ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org"]);
+    assert_eq!(c.gateway.refusal_audit_interval, Duration::from_secs(60));
+    for name in OFFERABLE_KEX {
+        assert!(russh::kex::Name::try_from(*name).is_ok(), "{name} is a russh key exchange");
+    }
+    let api = Config::from_toml(&format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:8443\"\n"), Path::new(".")).unwrap();
+    let api = api.api.unwrap();
+    assert_eq!((api.max_connections, api.max_connections_per_source), (512, 32));
+    assert_eq!((api.max_pending_sign_ins, api.max_pending_sign_ins_per_source), (128, 8));
+    assert_eq!(api.max_body, ByteSize(64 << 10));
+    assert_eq!(
+        (api.header_timeout, api.body_timeout, api.request_timeout),
+        (Duration::from_secs(10), Duration::from_secs(10), Duration::from_secs(60))
+    );
+
+    let bad = |section: &str, line: &str, key: &str| {
+        let text = format!("{MINIMAL}\n[{section}]\n{line}\n");
+        let err = Config::from_toml(&text, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains(key), "{line}: {err}");
+    };
+    bad("ssh", "kex_algorithms = [\"diffie-hellman-group14-sha1\"]", "ssh.kex_algorithms[0]");
+    bad("ssh", "kex_algorithms = [\"curve25519-sha256\", \"none\"]", "ssh.kex_algorithms[1]");
+    bad("ssh", "kex_algorithms = []", "ssh.kex_algorithms");
+    bad("ssh", "preauth_timeout = \"0s\"", "ssh.preauth_timeout");
+    bad("ssh", "preauth_timeout = \"20m\"", "ssh.preauth_timeout");
+    let short_grace = format!("{MINIMAL}\n[ssh]\nlogin_grace_time = \"10s\"\n");
+    Config::from_toml(&short_grace, Path::new(".")).expect("a grace time shorter than the pre-auth timeout");
+    bad("ssh", "max_unauthenticated_per_source = 0", "ssh.max_unauthenticated_per_source");
+    bad("ssh", "max_unauthenticated = 4\nmax_unauthenticated_per_source = 5", "ssh.max_unauthenticated_per_source");
+    bad("ssh", "max_pending_sign_ins_per_source = 0", "ssh.max_pending_sign_ins_per_source");
+    bad("gateway", "refusal_audit_interval = \"0s\"", "gateway.refusal_audit_interval");
+    let api = "listen = \"127.0.0.1:8443\"";
+    bad("api", &format!("{api}\nmax_body = \"100MiB\""), "api.max_body");
+    bad("api", &format!("{api}\nbody_timeout = \"0s\""), "api.body_timeout");
+    bad("api", &format!("{api}\nbody_timeout = \"2m\"\nrequest_timeout = \"1m\""), "api.body_timeout");
+    bad("api", &format!("{api}\nmax_connections_per_source = 600"), "api.max_connections_per_source");
+    bad("api", &format!("{api}\nmax_pending_sign_ins_per_source = 0"), "api.max_pending_sign_ins_per_source");
+    bad("rdp", "listen = \"127.0.0.1:3389\"\nmax_handshakes_per_source = 0", "rdp.max_handshakes_per_source");
+
+    let dh = format!("{MINIMAL}\n[ssh]\nkex_algorithms = [\"curve25519-sha256\", \"diffie-hellman-group16-sha512\"]\n");
+    assert_eq!(Config::from_toml(&dh, Path::new(".")).unwrap().ssh.kex_algorithms.len(), 2, "DH when configured");
+}

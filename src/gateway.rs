@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
@@ -82,8 +81,10 @@ pub struct Gateway {
     pub sessions: Arc<SessionRegistry>,
     pub recordings: Arc<RecordingService>,
     pub enforcer: Arc<GrantEnforcer>,
-    /// Device-flow sign-ins waiting for approval.
-    pub sign_ins: Arc<Semaphore>,
+    /// Device-flow sign-ins waiting for approval (`ssh.max_pending_sign_ins[_per_source]`).
+    pub sign_ins: crate::limits::Limiter,
+    /// What was refused to peers that had not signed in; audited in aggregate.
+    pub refusals: Arc<crate::limits::Refusals>,
     /// The outer SSH server's configuration (host key, algorithms, limits).
     pub outer_ssh: Arc<russh::server::Config>,
     pub notifier: crate::notify::Notifier,
@@ -133,7 +134,11 @@ impl Gateway {
             None => None,
         };
         Ok(Arc::new(Gateway {
-            sign_ins: Arc::new(Semaphore::new(config.ssh.max_pending_sign_ins)),
+            sign_ins: crate::limits::Limiter::new(
+                config.ssh.max_pending_sign_ins_per_source,
+                config.ssh.max_pending_sign_ins,
+            ),
+            refusals: Arc::new(crate::limits::Refusals::new(config.gateway.refusal_audit_interval)),
             notifier: crate::notify::Notifier::new(config.notify.clone()),
             ports,
             inventory,
@@ -149,6 +154,13 @@ impl Gateway {
             enforcer,
             outer_ssh,
         }))
+    }
+
+    /// Counts a refusal of a peer that has not signed in (audited in aggregate, see `audit_refusals`).
+    pub fn refused(&self, ip: std::net::IpAddr, reason: crate::limits::Reason) {
+        let source = crate::limits::Source::of(ip);
+        tracing::debug!(%source, reason = reason.code(), "refused before sign-in");
+        self.refusals.record(source, reason, tokio::time::Instant::now().into_std());
     }
 
     /// Appends to the audit log; a failure is logged, never hidden.
@@ -167,6 +179,36 @@ pub struct Listeners {
     pub api: Option<TcpListener>,
     /// The RDP listener, when `[rdp]` is configured.
     pub rdp: Option<TcpListener>,
+}
+
+/// Writes one `refusals.aggregated` audit record per source and interval
+/// (`gateway.refusal_audit_interval`), and what is left at shutdown.
+async fn audit_refusals(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let tick = (gateway.refusals.interval() / 4).max(Duration::from_millis(250));
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(tick) => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let due = if stopping {
+            gateway.refusals.take_all()
+        } else {
+            gateway.refusals.take_due(tokio::time::Instant::now().into_std())
+        };
+        for aggregate in due {
+            let client = aggregate.source.map_or_else(|| "other sources".to_string(), |s| s.to_string());
+            let counts = aggregate.counts_by_code();
+            tracing::warn!(%client, total = aggregate.total(), ?counts, "refused before sign-in");
+            let details = serde_json::json!({
+                "client_ip": client, "counts": counts, "total": aggregate.total(),
+                "interval_s": gateway.refusals.interval().as_secs(),
+            });
+            gateway.audit(AuditEvent::new("refusals.aggregated", "unauthenticated", details)).await;
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then ends sessions (telling users),
@@ -198,6 +240,7 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
             }
         });
     }
+    tasks.spawn(audit_refusals(Arc::clone(&gateway), shutdown.clone()));
     tasks.spawn(crate::admin::serve(Arc::clone(&gateway), admin, shutdown.clone()));
     tasks.spawn(crate::ssh::serve(Arc::clone(&gateway), listeners.ssh, shutdown.clone()));
     if let Some(rdp) = listeners.rdp {

@@ -11,6 +11,8 @@
 //! - `recording`: recorders, formats (asciicast, exec, sftp events), sealing.
 //! - `sessions`: live sessions and ending them when their grant ends.
 //! - `recovery`: at start-up, ending the sessions and sealing the recordings a crash left open.
+//! - `limits`: per-source and overall admission limits before sign-in, and the
+//!   aggregated count of what they refused.
 //! - `admin`: the local admin socket behind `jit-gateway grant ...`.
 //! - `replay`: the terminal player.
 
@@ -23,8 +25,10 @@ pub mod clock;
 pub mod config;
 pub mod error_text;
 pub mod gateway;
+pub mod identity;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod memory;
 pub mod notify;
 pub mod oidc;

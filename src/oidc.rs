@@ -41,6 +41,8 @@ pub enum OidcError {
     Expired,
     #[error("ID token rejected: {0}")]
     InvalidToken(String),
+    #[error("the identity provider no longer accepts this sign-in (account disabled, signed out or access revoked)")]
+    Revoked,
     #[error("the identity provider did not send the `{0}` claim (check the requested scopes and oidc.{1})")]
     MissingClaim(String, &'static str),
 }
@@ -54,6 +56,18 @@ pub struct VerifiedIdentity {
     pub login_name: Option<String>,
     pub display_name: Option<String>,
     pub groups: Vec<String>,
+    /// The provider's refresh token, when it issued one (`offline_access`): the
+    /// gateway keeps it to check the person with the provider again later.
+    #[serde(skip)]
+    pub refresh_token: Option<Secret<String>>,
+}
+
+/// What the provider answered to a refresh.
+pub struct Refreshed {
+    /// The person as the new ID token says, when the provider sent one.
+    pub identity: Option<VerifiedIdentity>,
+    /// A new refresh token when the provider rotates them.
+    pub refresh_token: Option<Secret<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -204,7 +218,37 @@ impl OidcClient {
         let id_token = response.extra_fields().id_token().ok_or_else(|| {
             OidcError::InvalidToken("the token response has no ID token (is `openid` among the scopes?)".into())
         })?;
-        self.verify_id_token(&id_token.to_string(), None).await
+        let mut verified = self.verify_id_token(&id_token.to_string(), None).await?;
+        verified.refresh_token = response.refresh_token().map(|t| Secret::new(t.secret().clone()));
+        Ok(verified)
+    }
+
+    /// Asks the provider whether a sign-in still stands: a refresh token grant.
+    /// `Revoked` when the provider refuses the token (`invalid_grant`: the
+    /// account was disabled or deleted, the session ended, the grant revoked).
+    pub async fn refresh(&self, token: &Secret<String>) -> Result<Refreshed, OidcError> {
+        let provider = self.provider(false).await?;
+        let response = provider
+            .client
+            .exchange_refresh_token(&openidconnect::RefreshToken::new(token.expose().clone()))
+            .map_err(|e| OidcError::Config(format!("token endpoint: {e}")))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| {
+                use openidconnect::RequestTokenError::ServerResponse;
+                use openidconnect::core::CoreErrorResponseType as T;
+                match &e {
+                    ServerResponse(r) if matches!(r.error(), T::InvalidGrant | T::UnauthorizedClient) => {
+                        OidcError::Revoked
+                    }
+                    _ => OidcError::Provider(format!("refresh: {}", error_chain(&e))),
+                }
+            })?;
+        let identity = match response.extra_fields().id_token() {
+            Some(id_token) => Some(self.verify_id_token(&id_token.to_string(), None).await?),
+            None => None,
+        };
+        Ok(Refreshed { identity, refresh_token: response.refresh_token().map(|t| Secret::new(t.secret().clone())) })
     }
 
     /// Verifies a compact-serialized ID token and maps its claims to an identity.
@@ -312,7 +356,9 @@ impl OidcClient {
             .extra_fields()
             .id_token()
             .ok_or_else(|| OidcError::InvalidToken("the token response has no ID token".into()))?;
-        self.verify_id_token(&id_token.to_string(), Some(&login.nonce)).await
+        let mut verified = self.verify_id_token(&id_token.to_string(), Some(&login.nonce)).await?;
+        verified.refresh_token = response.refresh_token().map(|t| Secret::new(t.secret().clone()));
+        Ok(verified)
     }
 }
 
@@ -323,8 +369,28 @@ pub fn identity_from_claims(claims: &serde_json::Value, config: &OidcConfig) -> 
     let subject = text("sub").ok_or_else(|| OidcError::InvalidToken("no sub".into()))?;
     let user =
         text(&config.user_claim).ok_or_else(|| OidcError::MissingClaim(config.user_claim.clone(), "user_claim"))?;
-    if config.user_claim == "email" && claims.get("email_verified").and_then(|v| v.as_bool()) == Some(false) {
-        return Err(OidcError::InvalidToken("the provider says this email address is not verified".into()));
+    if config.user_claim == "email" {
+        // Some providers send the flag as a string ("true"), as Cognito once did.
+        let verified = match claims.get("email_verified") {
+            Some(serde_json::Value::Bool(b)) => Some(*b),
+            Some(serde_json::Value::String(s)) => Some(s == "true"),
+            _ => None,
+        };
+        match verified {
+            Some(true) => {}
+            Some(false) => {
+                return Err(OidcError::InvalidToken("the provider says this email address is not verified".into()));
+            }
+            None if config.assume_email_verified => {}
+            None => {
+                return Err(OidcError::InvalidToken(
+                    "the provider does not say this email address is verified (no `email_verified` claim); \
+                     name people by another claim (oidc.user_claim) or, if the provider verifies every \
+                     address, set oidc.assume_email_verified"
+                        .into(),
+                ));
+            }
+        }
     }
     let groups = match claims.get(&config.groups_claim) {
         Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
@@ -338,6 +404,7 @@ pub fn identity_from_claims(claims: &serde_json::Value, config: &OidcConfig) -> 
         login_name: text(&config.login_name_claim),
         display_name: text("name"),
         groups,
+        refresh_token: None,
     })
 }
 
@@ -392,8 +459,8 @@ client_id = "jit-gateway""#,
 
     #[test]
     fn claims_map_to_an_identity() {
-        let c = json!({"iss": "https://idp", "sub": "u1", "email": "alice@example.test", "preferred_username": "alice",
-                       "groups": ["ops", 7, "dev"], "name": "Alice"});
+        let c = json!({"iss": "https://idp", "sub": "u1", "email": "alice@example.test", "email_verified": true,
+                       "preferred_username": "alice", "groups": ["ops", 7, "dev"], "name": "Alice"});
         let id = identity_from_claims(&c, &config()).unwrap();
         assert_eq!(id.user, "alice@example.test");
         assert_eq!(id.login_name.as_deref(), Some("alice"));
@@ -407,5 +474,24 @@ client_id = "jit-gateway""#,
         assert!(err.contains("`email` claim"), "{err}");
         let unverified = json!({"iss": "https://idp", "sub": "u1", "email": "a@b", "email_verified": false});
         assert!(identity_from_claims(&unverified, &config()).is_err());
+    }
+
+    #[test]
+    fn an_email_without_email_verified_counts_as_unverified_unless_configured() {
+        let silent = json!({"iss": "https://idp", "sub": "u1", "email": "alice@example.test"});
+        let err = identity_from_claims(&silent, &config()).unwrap_err().to_string();
+        assert!(err.contains("no `email_verified` claim") && err.contains("assume_email_verified"), "{err}");
+        let as_text = json!({"iss": "https://idp", "sub": "u1", "email": "a@b", "email_verified": "true"});
+        assert_eq!(identity_from_claims(&as_text, &config()).unwrap().user, "a@b");
+        let mut trusting = config();
+        trusting.assume_email_verified = true;
+        assert_eq!(identity_from_claims(&silent, &trusting).unwrap().user, "alice@example.test");
+        let refused = json!({"iss": "https://idp", "sub": "u1", "email": "a@b", "email_verified": false});
+        assert!(identity_from_claims(&refused, &trusting).is_err(), "an explicit false is never trusted");
+        // Another claim (UPN, oid...) names people without any email check.
+        let mut by_upn = config();
+        by_upn.user_claim = "upn".into();
+        let upn = json!({"iss": "https://idp", "sub": "u1", "upn": "alice@contoso.example"});
+        assert_eq!(identity_from_claims(&upn, &by_upn).unwrap().user, "alice@contoso.example");
     }
 }

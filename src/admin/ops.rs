@@ -143,8 +143,8 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
                 return Err("--for must be between 1s and 7d".into());
             }
             let identity = crate::store::Identity {
-                id: crate::store::Identity::id_for("local-admin", &user),
-                issuer: "local-admin".into(),
+                id: crate::store::Identity::id_for(crate::store::LOCAL_ADMIN_ISSUER, &user),
+                issuer: crate::store::LOCAL_ADMIN_ISSUER.into(),
                 subject: user.clone(),
                 user: user.clone(),
                 login_name: login_name.clone(),

@@ -11,7 +11,7 @@
 //! withdrawn. Tokens are never stored or logged, only session IDs.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,13 +23,12 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use crate::gateway::Gateway;
+use crate::limits::{Full, Limiter, Permit, Reason, Source};
 use crate::oidc::{CodeLogin, DeviceAuthorization, OidcError, VerifiedIdentity};
 use crate::policy::Actor;
 use crate::store::{ApiSession, AuditEvent, Identity, blocking};
 
 const PREFIX: &str = "jgw1";
-/// Sign-ins started through the API and not finished yet, at most.
-const MAX_PENDING: usize = 128;
 
 /// The client's address, put on each request by the server loop.
 #[derive(Debug, Clone, Copy)]
@@ -79,9 +78,11 @@ pub async fn issue(
     client_ip: &str,
     method: &'static str,
 ) -> ApiResult<Issued> {
-    let identity = crate::ssh::signin::remember(gateway, verified, None, client_ip, method)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot record the sign-in: {e}")))?;
+    let identity =
+        crate::ssh::signin::remember(gateway, verified, None, client_ip, method).await.map_err(|e| match e {
+            crate::ssh::signin::SignInError::NameTaken { .. } => ApiError::forbidden(e.to_string()),
+            crate::ssh::signin::SignInError::Store(_) => ApiError::unavailable(e.to_string()),
+        })?;
     let now = gateway.clock.now_ms();
     let ttl = gateway.config.api.as_ref().map_or(Duration::from_secs(8 * 3600), |a| a.session_ttl);
     let session = ApiSession {
@@ -134,23 +135,32 @@ impl FromRequestParts<AppState> for Caller {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?
             .ok_or_else(|| ApiError::unauthorized("unknown identity"))?;
+        crate::identity::ensure_current(gateway, &identity).await.map_err(|e| match e {
+            crate::identity::NotCurrent::Disabled | crate::identity::NotCurrent::SignInAgain => {
+                ApiError::unauthorized(e.to_string())
+            }
+            crate::identity::NotCurrent::ProviderUnavailable | crate::identity::NotCurrent::Store => {
+                ApiError::unavailable(e.to_string())
+            }
+        })?;
         let actor = crate::workflow::actor_for(gateway, &identity);
         Ok(Caller { identity, actor, session })
     }
 }
 
-/// Sign-ins in progress, by a random handle only their starter knows.
-#[derive(Default)]
+/// Sign-ins in progress, by a random handle only their starter knows; at most
+/// `api.max_pending_sign_ins`, and `api.max_pending_sign_ins_per_source` per address.
 pub struct Logins {
     pending: Mutex<HashMap<String, Pending>>,
+    places: Limiter,
 }
 
 /// How a device sign-in ended: the session, or an HTTP status and a message.
 type DeviceOutcome = Arc<tokio::sync::Mutex<Option<Result<Issued, (u16, String)>>>>;
 
 enum Pending {
-    Device { outcome: DeviceOutcome, done: Arc<tokio::sync::Notify>, until: tokio::time::Instant },
-    Code { login: Box<CodeLogin>, until: tokio::time::Instant },
+    Device { outcome: DeviceOutcome, done: Arc<tokio::sync::Notify>, until: tokio::time::Instant, _place: Permit },
+    Code { login: Box<CodeLogin>, until: tokio::time::Instant, _place: Permit },
 }
 
 impl Pending {
@@ -162,16 +172,35 @@ impl Pending {
 }
 
 impl Logins {
+    pub fn new(config: &crate::config::Config) -> Logins {
+        let (per_source, total) =
+            config.api.as_ref().map_or((8, 128), |a| (a.max_pending_sign_ins_per_source, a.max_pending_sign_ins));
+        Logins { pending: Mutex::default(), places: Limiter::new(per_source, total) }
+    }
+
+    /// A place for one more sign-in from `ip`, taken before anything is asked of
+    /// the identity provider. Sign-ins past their time give their place back here.
+    fn admit(&self, gateway: &Gateway, ip: IpAddr) -> ApiResult<Permit> {
+        {
+            let mut map = self.pending.lock().map_err(|_| ApiError::unavailable("login table poisoned"))?;
+            let now = tokio::time::Instant::now();
+            map.retain(|_, p| p.until() > now);
+        }
+        self.places.try_acquire(Source::of(ip)).map_err(|full| {
+            let (reason, whose) = match full {
+                Full::Source => (Reason::ApiSignInsPerSource, "from your address"),
+                Full::Everyone => (Reason::ApiSignInsTotal, "at the gateway"),
+            };
+            gateway.refused(ip, reason);
+            ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("too many sign-ins in progress {whose}; try again in a minute"),
+            )
+        })
+    }
+
     fn insert(&self, id: String, pending: Pending) -> ApiResult<()> {
         let mut map = self.pending.lock().map_err(|_| ApiError::unavailable("login table poisoned"))?;
-        let now = tokio::time::Instant::now();
-        map.retain(|_, p| p.until() > now);
-        if map.len() >= MAX_PENDING {
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too many sign-ins in progress; try again in a minute",
-            ));
-        }
         map.insert(id, pending);
         Ok(())
     }
@@ -201,8 +230,10 @@ fn oidc_error(e: OidcError) -> ApiError {
 }
 
 /// Starts a device flow at the provider; a background task waits for approval.
-pub async fn start_device(state: &AppState, client_ip: String) -> ApiResult<DeviceStarted> {
+pub async fn start_device(state: &AppState, client: IpAddr) -> ApiResult<DeviceStarted> {
     let gateway = Arc::clone(&state.gateway);
+    let place = state.logins.admit(&gateway, client)?;
+    let client_ip = client.to_string();
     let auth: DeviceAuthorization = gateway.oidc.start_device_flow().await.map_err(oidc_error)?;
     let login_id = crate::ids::new_id("l") + &crate::ids::new_id("");
     let started = DeviceStarted {
@@ -215,7 +246,8 @@ pub async fn start_device(state: &AppState, client_ip: String) -> ApiResult<Devi
     let outcome = Arc::new(tokio::sync::Mutex::new(None));
     let done = Arc::new(tokio::sync::Notify::new());
     let until = tokio::time::Instant::now() + auth.expires_in + Duration::from_secs(60);
-    state.logins.insert(login_id, Pending::Device { outcome: Arc::clone(&outcome), done: Arc::clone(&done), until })?;
+    let pending = Pending::Device { outcome: Arc::clone(&outcome), done: Arc::clone(&done), until, _place: place };
+    state.logins.insert(login_id, pending)?;
     tokio::spawn(async move {
         let result = match gateway.oidc.finish_device_flow(&auth, auth.expires_in).await {
             Ok(verified) => issue(&gateway, &verified, &client_ip, "signin.api.device-flow")
@@ -232,8 +264,9 @@ pub async fn start_device(state: &AppState, client_ip: String) -> ApiResult<Devi
     Ok(started)
 }
 
-/// Waits (up to 25 s) for a device sign-in to finish. `Ok(None)`: still pending.
+/// Waits (up to 25 s, and half of `api.request_timeout`) for a device sign-in to finish. `Ok(None)`: still pending.
 pub async fn wait_device(state: &AppState, login_id: &str) -> ApiResult<Option<Issued>> {
+    let limit = state.gateway.config.api.as_ref().map_or(Duration::from_secs(25), |a| a.request_timeout / 2);
     let (outcome, done) = {
         let map = state.logins.pending.lock().map_err(|_| ApiError::unavailable("login table poisoned"))?;
         match map.get(login_id) {
@@ -245,7 +278,7 @@ pub async fn wait_device(state: &AppState, login_id: &str) -> ApiResult<Option<I
     tokio::pin!(notified);
     notified.as_mut().enable();
     if outcome.lock().await.is_none() {
-        let _ = tokio::time::timeout(Duration::from_secs(25), notified).await;
+        let _ = tokio::time::timeout(limit.min(Duration::from_secs(25)), notified).await;
     }
     let result = outcome.lock().await.clone();
     match result {
@@ -287,14 +320,19 @@ pub struct CodeStarted {
     pub authorize_url: String,
 }
 
-pub async fn start_code(state: &AppState, redirect_uri: &str) -> ApiResult<CodeStarted> {
+pub async fn start_code(state: &AppState, redirect_uri: &str, client: IpAddr) -> ApiResult<CodeStarted> {
     loopback_redirect(redirect_uri)?;
+    let place = state.logins.admit(&state.gateway, client)?;
     let login = state.gateway.oidc.start_code_login(redirect_uri).await.map_err(oidc_error)?;
     let login_id = crate::ids::new_id("l") + &crate::ids::new_id("");
     let started = CodeStarted { login_id: login_id.clone(), authorize_url: login.authorize_url.clone() };
     state.logins.insert(
         login_id,
-        Pending::Code { login: Box::new(login), until: tokio::time::Instant::now() + Duration::from_secs(600) },
+        Pending::Code {
+            login: Box::new(login),
+            until: tokio::time::Instant::now() + Duration::from_secs(600),
+            _place: place,
+        },
     )?;
     Ok(started)
 }

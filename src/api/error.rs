@@ -85,7 +85,7 @@ impl From<JsonRejection> for ApiError {
             _ => r.status(),
         };
         let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than 64 KiB".to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than api.max_body allows".to_string(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "send JSON with Content-Type: application/json".to_string(),
             _ => r.body_text(),
         };

@@ -37,12 +37,16 @@ pub async fn health() -> Json<serde_json::Value> {
 
 // ---- sign-in ---------------------------------------------------------------
 
+/// The caller's address (always set by the server loop; "unspecified" only when called without it).
+fn client_ip(addr: Option<axum::Extension<ClientAddr>>) -> std::net::IpAddr {
+    addr.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.0.0.ip())
+}
+
 pub async fn login_device(
     State(state): State<AppState>,
     addr: Option<axum::Extension<ClientAddr>>,
 ) -> ApiResult<Response> {
-    let ip = addr.map(|a| a.0.0.ip().to_string()).unwrap_or_default();
-    Ok((StatusCode::CREATED, Json(auth::start_device(&state, ip).await?)).into_response())
+    Ok((StatusCode::CREATED, Json(auth::start_device(&state, client_ip(addr)).await?)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -65,9 +69,13 @@ pub struct CodeStart {
     redirect_uri: String,
 }
 
-pub async fn login_code(State(state): State<AppState>, b: Body<CodeStart>) -> ApiResult<Response> {
+pub async fn login_code(
+    State(state): State<AppState>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    b: Body<CodeStart>,
+) -> ApiResult<Response> {
     let req = body(b)?;
-    Ok((StatusCode::CREATED, Json(auth::start_code(&state, &req.redirect_uri).await?)).into_response())
+    Ok((StatusCode::CREATED, Json(auth::start_code(&state, &req.redirect_uri, client_ip(addr)).await?)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -2,9 +2,12 @@
 //! sessions and the audit log, as JSON over rustls with the certificate from
 //! `certs/` (or `api.tls_cert`). The CLI uses it; docs/api.md describes it.
 //!
-//! Bodies are capped at 64 KiB, TLS handshakes at 10 s, and every handler
-//! answers errors as `{"error": ..., "hint": ...}` with a 4xx status; nothing
-//! a client sends can panic the server.
+//! Connections are limited per source address and overall, the TLS handshake
+//! and each request head by `api.header_timeout`, the body by `api.max_body`
+//! and `api.body_timeout` (it is read whole before a handler runs), and the
+//! whole request by `api.request_timeout`. Every handler answers errors as
+//! `{"error": ..., "hint": ...}` with a 4xx status; nothing a client sends can
+//! panic the server.
 
 mod auth;
 mod error;
@@ -15,7 +18,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,11 +34,7 @@ use tower::ServiceExt;
 pub use auth::{ClientAddr, Issued};
 
 use crate::gateway::Gateway;
-
-const MAX_BODY: usize = 64 << 10;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections to the API at once, at most.
-const MAX_CONNECTIONS: usize = 512;
+use crate::limits::{Full, Limiter, Reason, Source};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -40,8 +42,34 @@ pub struct AppState {
     logins: Arc<auth::Logins>,
 }
 
+/// The API's limits, from `[api]`.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_source: usize,
+    connections: usize,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    request_timeout: Duration,
+    max_body: usize,
+}
+
+impl Limits {
+    fn of(api: &crate::config::ApiConfig) -> Limits {
+        Limits {
+            per_source: api.max_connections_per_source,
+            connections: api.max_connections,
+            header_timeout: api.header_timeout,
+            body_timeout: api.body_timeout,
+            request_timeout: api.request_timeout,
+            max_body: usize::try_from(api.max_body.0).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    let state = AppState { gateway, logins: Arc::default() };
+    let max_body = gateway.config.api.as_ref().map_or(64 << 10, |api| Limits::of(api).max_body);
+    let logins = Arc::new(auth::Logins::new(&gateway.config));
+    let state = AppState { gateway, logins };
     let v1 = Router::new()
         .route("/health", get(handlers::health))
         .route("/login/device", post(handlers::login_device))
@@ -66,7 +94,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .fallback(handlers::not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
@@ -121,8 +149,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ApiStartError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&gateway)?));
-    let app = router(gateway);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let api = gateway.config.api.as_ref().ok_or_else(|| ApiStartError::Tls("no [api] section".into()))?;
+    let limits = Limits::of(api);
+    let app = router(Arc::clone(&gateway));
+    let slots = Limiter::new(limits.per_source, limits.connections);
     let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -136,24 +166,52 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, "too many API connections; dropping one");
-            continue;
+        let slot = match slots.try_acquire(Source::of(peer.ip())) {
+            Ok(slot) => slot,
+            Err(full) => {
+                gateway.refused(
+                    peer.ip(),
+                    match full {
+                        Full::Source => Reason::ApiConnectionsPerSource,
+                        Full::Everyone => Reason::ApiConnectionsTotal,
+                    },
+                );
+                continue;
+            }
         };
-        let (acceptor, app, stop) = (acceptor.clone(), app.clone(), shutdown.clone());
+        let (acceptor, app, stop, gw) = (acceptor.clone(), app.clone(), shutdown.clone(), Arc::clone(&gateway));
         connections.spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 _ => return,
             };
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ClientAddr(peer));
-                app.clone().oneshot(request)
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let (app, gw) = (app.clone(), Arc::clone(&gw));
+                async move {
+                    let answer = tokio::time::timeout(limits.request_timeout, async {
+                        let mut request = match read_body(request, &limits).await {
+                            Ok(request) => request,
+                            Err(refused) => {
+                                if let Some(reason) = refused.reason() {
+                                    gw.refused(peer.ip(), reason);
+                                }
+                                return Ok(refused.into_response());
+                            }
+                        };
+                        request.extensions_mut().insert(ClientAddr(peer));
+                        app.oneshot(request).await
+                    })
+                    .await;
+                    answer.unwrap_or_else(|_| {
+                        gw.refused(peer.ip(), Reason::ApiRequestTimeout);
+                        Ok(RequestRefused::RequestTimeout(limits.request_timeout).into_response())
+                    })
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(15))
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(tls), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -165,4 +223,76 @@ pub async fn serve(
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), connections.wait()).await;
     Ok(())
+}
+
+/// A request refused before a handler saw it.
+#[derive(Debug)]
+enum RequestRefused {
+    TooLarge(usize),
+    Timeout(Duration),
+    Broken,
+    RequestTimeout(Duration),
+}
+
+impl RequestRefused {
+    /// What it is counted under; a body broken off by the client is not a refusal.
+    fn reason(&self) -> Option<Reason> {
+        match self {
+            RequestRefused::TooLarge(_) => Some(Reason::ApiBodyTooLarge),
+            RequestRefused::Timeout(_) => Some(Reason::ApiBodyTimeout),
+            RequestRefused::Broken => None,
+            RequestRefused::RequestTimeout(_) => Some(Reason::ApiRequestTimeout),
+        }
+    }
+}
+
+impl IntoResponse for RequestRefused {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            RequestRefused::TooLarge(max) => {
+                let size = if max % 1024 == 0 { format!("{} KiB", max / 1024) } else { format!("{max} bytes") };
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {size} (api.max_body)"))
+            }
+            RequestRefused::Timeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} (api.body_timeout)",
+                    humantime::format_duration(limit)
+                ),
+            ),
+            RequestRefused::Broken => (StatusCode::BAD_REQUEST, "the request body could not be read".to_string()),
+            RequestRefused::RequestTimeout(limit) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no answer within {} (api.request_timeout)", humantime::format_duration(limit)),
+            ),
+        };
+        let mut response = error::ApiError::new(status, message).into_response();
+        // What is left of the request is not read: the connection cannot carry another one.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+}
+
+/// The request with its whole body read: at most `max_body` bytes (a larger
+/// `Content-Length` is refused before anything is read), within `body_timeout`.
+async fn read_body(
+    request: hyper::Request<hyper::body::Incoming>,
+    limits: &Limits,
+) -> Result<axum::extract::Request, RequestRefused> {
+    let (parts, body) = request.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return Err(RequestRefused::TooLarge(limits.max_body));
+    }
+    let limited = http_body_util::Limited::new(body, limits.max_body);
+    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Err(_) => Err(RequestRefused::Timeout(limits.body_timeout)),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(RequestRefused::TooLarge(limits.max_body))
+        }
+        Ok(Err(_)) => Err(RequestRefused::Broken),
+        Ok(Ok(collected)) => {
+            Ok(axum::extract::Request::from_parts(parts, axum::body::Body::from(collected.to_bytes())))
+        }
+    }
 }

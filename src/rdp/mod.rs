@@ -28,19 +28,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{RdpConfig, TargetConfig};
 use crate::gateway::Gateway;
+use crate::limits::{Full, Limiter, Permit, Reason, Source};
 use crate::recording::{Recorder, RecordingMeta, Stream};
 use crate::sessions::{EndSignal, LiveSession};
 use crate::store::{AuditEvent, Protocol, RecordingKind, SessionRecord, blocking};
 use wire::{ConnectionConfirm, PROTOCOL_HYBRID, PROTOCOL_HYBRID_EX, PROTOCOL_SSL};
 
-/// Connections in their handshake at once (past it, sessions are limited by grants).
-const MAX_HANDSHAKES: usize = 64;
 /// Largest PDU either side may send before the relay (a Connect-Initial is a few KiB).
 const MAX_HANDSHAKE_PDU: usize = 64 << 10;
 
@@ -82,18 +80,41 @@ impl Refused {
     fn audited(&self) -> bool {
         matches!(self, Refused::Ticket(_) | Refused::Replayed | Refused::Denied(_) | Refused::Target { .. })
     }
+
+    /// For a refusal before a ticket was accepted (anyone can cause those): the
+    /// reason it is counted under, instead of an audit record of its own.
+    fn anonymous(&self, claims: Option<&ticket::Claims>) -> Option<Reason> {
+        match self {
+            // Replays are counted, not audited one by one: the first use was audited, and
+            // whoever replays a ticket is not necessarily the person it names.
+            Refused::Replayed => Some(Reason::RdpReplayedTicket),
+            _ if claims.is_some() => None,
+            Refused::Ticket(_) => Some(Reason::RdpBadTicket),
+            Refused::Wire(wire::WireError::Preconnection(_) | wire::WireError::NoPreconnection) => {
+                Some(Reason::RdpBadTicket)
+            }
+            _ => Some(Reason::RdpMalformed),
+        }
+    }
 }
 
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let Some(rdp) = gateway.config.rdp.as_ref() else { return };
+    let handshakes = Limiter::new(rdp.max_handshakes_per_source, rdp.max_handshakes);
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many RDP connections in their handshake; dropping one");
-                        continue;
+                    let permit = match handshakes.try_acquire(Source::of(peer.ip())) {
+                        Ok(permit) => permit,
+                        Err(full) => {
+                            gateway.refused(peer.ip(), match full {
+                                Full::Source => Reason::RdpHandshakesPerSource,
+                                Full::Everyone => Reason::RdpHandshakesTotal,
+                            });
+                            continue;
+                        }
                     };
                     let _ = socket.set_nodelay(true);
                     let gw = Arc::clone(&gateway);
@@ -126,12 +147,7 @@ struct Ready {
     _hold: crate::ports::SessionHold,
 }
 
-async fn connection(
-    gateway: Arc<Gateway>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
+async fn connection(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, permit: Permit) {
     let Some(config) = gateway.config.rdp.clone() else { return };
     // On a refusal the socket is dropped inside `handshake`: the client sees the connection close.
     let started = tokio::time::timeout(config.handshake_timeout, handshake(&gateway, socket)).await;
@@ -143,6 +159,11 @@ async fn connection(
     match result {
         Ok(ready) => relay(gateway, &config, ready, peer).await,
         Err((refused, claims)) => {
+            if let Some(reason) = refused.anonymous(claims.as_ref()) {
+                tracing::debug!(%peer, reason = %refused, "RDP connection refused before a ticket was accepted");
+                gateway.refused(peer.ip(), reason);
+                return;
+            }
             tracing::info!(%peer, reason = %refused, "RDP connection refused");
             if refused.audited() {
                 let (actor, target) = claims

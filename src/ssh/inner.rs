@@ -167,6 +167,7 @@ impl InnerHandler {
         if !valid_login(&self.login) {
             return Err(format!("`{}` is not a valid login name", self.login.escape_debug()));
         }
+        crate::identity::ensure_current(&self.gateway, &self.identity).await.map_err(|e| e.to_string())?;
         let user = self.identity.user.clone();
         let grants = blocking(&self.gateway.store, move |s| s.grants_for_user(&user))
             .await

@@ -24,15 +24,15 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::{MethodKind, MethodSet, Preferred, SshId, cipher};
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, kex, mac};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::keys::KeyMaterial;
+use crate::limits::{Full, Limiter, Reason, Source};
 
 pub use killable::Killable;
 
@@ -55,8 +55,25 @@ pub(crate) fn upstream_preferred() -> Preferred {
     }
 }
 
+/// Key exchange offered to clients (`ssh.kex_algorithms`; validated at load), plus the
+/// extension-negotiation and strict-kex markers (the Terrapin countermeasure).
+fn offered_kex(config: &Config) -> Vec<kex::Name> {
+    let mut names: Vec<kex::Name> =
+        config.ssh.kex_algorithms.iter().filter_map(|k| kex::Name::try_from(k.as_str()).ok()).collect();
+    names.extend([kex::EXTENSION_SUPPORT_AS_SERVER, kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER]);
+    names
+}
+
+/// Toward clients: encrypt-then-MAC only (unused with the AEAD ciphers offered by default).
+const SERVER_MACS: &[mac::Name] = &[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM];
+
 fn server_preferred(config: &Config) -> Preferred {
-    Preferred { cipher: Cow::Owned(offered_ciphers(config)), ..upstream_preferred() }
+    Preferred {
+        kex: Cow::Owned(offered_kex(config)),
+        cipher: Cow::Owned(offered_ciphers(config)),
+        mac: Cow::Borrowed(SERVER_MACS),
+        ..upstream_preferred()
+    }
 }
 
 fn server_id() -> SshId {
@@ -105,17 +122,26 @@ fn inner_config(
 }
 
 /// Accepts connections until `shutdown`, never more than
-/// `ssh.max_unauthenticated` of them signing in at once.
+/// `ssh.max_unauthenticated` of them signing in at once, nor more than
+/// `ssh.max_unauthenticated_per_source` from one address.
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
-    let unauthenticated = Arc::new(Semaphore::new(gateway.config.ssh.max_unauthenticated));
+    let ssh = &gateway.config.ssh;
+    let unauthenticated = Limiter::new(ssh.max_unauthenticated_per_source, ssh.max_unauthenticated);
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    let Ok(permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many connections signing in; dropping one");
-                        continue;
+                    let permit = match unauthenticated.try_acquire(Source::of(peer.ip())) {
+                        Ok(permit) => permit,
+                        Err(full) => {
+                            // Dropped at once: nothing is read from or written to it.
+                            gateway.refused(peer.ip(), match full {
+                                Full::Source => Reason::SshConnectionsPerSource,
+                                Full::Everyone => Reason::SshConnectionsTotal,
+                            });
+                            continue;
+                        }
                     };
                     let _ = socket.set_nodelay(true);
                     connections.spawn(outer::handle_connection(Arc::clone(&gateway), socket, peer, permit, shutdown.clone()));

@@ -12,31 +12,35 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Killable;
 use super::signin;
 use crate::access::{self, Denied};
 use crate::gateway::Gateway;
+use crate::limits::{Full, Permit, Reason, Source};
 use crate::oidc::{DeviceAuthorization, OidcError};
 use crate::store::{AuditEvent, Identity, Protocol, blocking};
 
-/// Longest time from TCP connect to the client's SSH version line.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where a connection is on its way in; the watchdog reads it.
+/// Nothing begun yet: cut at `ssh.preauth_timeout`.
+const PREAUTH: u8 = 0;
+/// A device-flow sign-in waits for a person: cut at `ssh.login_grace_time`.
+const SIGNING_IN: u8 = 1;
+/// Signed in: no more deadlines here.
+const AUTHENTICATED: u8 = 2;
 
 enum SignIn {
     NotStarted,
     Waiting {
         auth: Box<DeviceAuthorization>,
-        _slot: OwnedSemaphorePermit,
+        _slot: Permit,
     },
     /// The user was told why sign-in failed; the next answer ends it.
     Failed,
@@ -50,8 +54,8 @@ pub struct OuterHandler {
     proven_key: Option<PublicKey>,
     sign_in: SignIn,
     deadline: tokio::time::Instant,
-    unauthenticated_slot: Option<OwnedSemaphorePermit>,
-    authenticated: Arc<AtomicBool>,
+    unauthenticated_slot: Option<Permit>,
+    phase: Arc<AtomicU8>,
     /// Cancelled when this connection (and every session in it) must end.
     shutdown: CancellationToken,
 }
@@ -80,27 +84,29 @@ pub async fn handle_connection(
     gateway: Arc<Gateway>,
     socket: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: Permit,
     shutdown: CancellationToken,
 ) {
     let kill = shutdown.child_token();
-    let authenticated = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(AtomicU8::new(PREAUTH));
+    let accepted = tokio::time::Instant::now();
     let grace = gateway.config.ssh.login_grace_time;
+    let preauth_deadline = accepted + gateway.config.ssh.preauth_timeout.min(grace);
     let handler = OuterHandler {
         gateway: Arc::clone(&gateway),
         peer,
         identity: None,
         proven_key: None,
         sign_in: SignIn::NotStarted,
-        deadline: tokio::time::Instant::now() + grace,
+        deadline: accepted + grace,
         unauthenticated_slot: Some(slot),
-        authenticated: Arc::clone(&authenticated),
+        phase: Arc::clone(&phase),
         shutdown: kill.clone(),
     };
     let stream = Killable::new(socket, kill.clone());
     let config = Arc::clone(&gateway.outer_ssh);
     let session =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, russh::server::run_stream(config, stream, handler)).await {
+        match tokio::time::timeout_at(preauth_deadline, russh::server::run_stream(config, stream, handler)).await {
             Ok(Ok(session)) => session,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection failed before the SSH handshake");
@@ -108,12 +114,21 @@ pub async fn handle_connection(
             }
             Err(_) => {
                 tracing::debug!(%peer, "no SSH version line in time");
+                gateway.refused(peer.ip(), Reason::SshPreauthTimeout);
                 return;
             }
         };
     let watchdog = async {
-        tokio::time::sleep(grace).await;
-        if !authenticated.load(Ordering::SeqCst) {
+        // Two deadlines: a short one to begin signing in, a long one for a person to approve.
+        tokio::time::sleep_until(preauth_deadline).await;
+        if phase.load(Ordering::SeqCst) == PREAUTH {
+            tracing::debug!(%peer, "no sign-in begun within ssh.preauth_timeout; disconnecting");
+            gateway.refused(peer.ip(), Reason::SshPreauthTimeout);
+            kill.cancel();
+            return;
+        }
+        tokio::time::sleep_until(accepted + grace).await;
+        if phase.load(Ordering::SeqCst) != AUTHENTICATED {
             tracing::info!(%peer, "sign-in took longer than ssh.login_grace_time; disconnecting");
             kill.cancel();
         }
@@ -136,14 +151,25 @@ impl OuterHandler {
     }
 
     async fn start_sign_in(&mut self) -> Auth {
-        let Ok(slot) = Arc::clone(&self.gateway.sign_ins).try_acquire_owned() else {
-            self.sign_in = SignIn::Failed;
-            return show("Too many sign-ins are in progress at the gateway. Try again in a minute.".into());
+        // Admitted first, so a sign-in that cannot wait never reaches the identity provider.
+        let slot = match self.gateway.sign_ins.try_acquire(Source::of(self.peer.ip())) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let (reason, text) = match full {
+                    Full::Source => (Reason::SshSignInsPerSource, "from your address"),
+                    Full::Everyone => (Reason::SshSignInsTotal, "at the gateway"),
+                };
+                self.gateway.refused(self.peer.ip(), reason);
+                self.sign_in = SignIn::Failed;
+                return show(format!("Too many sign-ins are in progress {text}. Try again in a minute."));
+            }
         };
         match self.gateway.oidc.start_device_flow().await {
             Ok(auth) => {
                 let text = signin::instructions(&auth, &self.gateway.config.gateway.name);
                 self.sign_in = SignIn::Waiting { auth: Box::new(auth), _slot: slot };
+                // A person has to act now: from here `ssh.login_grace_time` applies.
+                let _ = self.phase.compare_exchange(PREAUTH, SIGNING_IN, Ordering::SeqCst, Ordering::SeqCst);
                 show(text)
             }
             Err(e) => {
@@ -175,6 +201,7 @@ impl OuterHandler {
                         self.identity = Some(identity);
                         return Auth::Accept;
                     }
+                    Err(e @ signin::SignInError::NameTaken { .. }) => e.to_string(),
                     Err(e) => {
                         tracing::error!(error = %e, "cannot store the sign-in");
                         "the gateway could not record your sign-in; try again".to_string()
@@ -222,6 +249,12 @@ impl russh::server::Handler for OuterHandler {
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         match signin::bound_identity(&self.gateway, key.public_key, user).await {
             Ok(Some(identity)) => {
+                if let Err(why) = crate::identity::ensure_current(&self.gateway, &identity).await {
+                    // Renewed by a fresh sign-in (keyboard-interactive) if the provider still accepts them.
+                    tracing::info!(user = %identity.user, peer = %self.peer, reason = %why, "bound key not accepted: sign-in must be renewed");
+                    self.proven_key.get_or_insert_with(|| key.public_key.clone());
+                    return Ok(retry_methods());
+                }
                 tracing::debug!(user = %identity.user, peer = %self.peer, "signed in with a bound key");
                 let details = serde_json::json!({
                     "identity": identity.id, "key": crate::keys::fingerprint(key.public_key), "client_ip": self.client_ip(),
@@ -258,7 +291,7 @@ impl russh::server::Handler for OuterHandler {
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
-        self.authenticated.store(true, Ordering::SeqCst);
+        self.phase.store(AUTHENTICATED, Ordering::SeqCst);
         self.unauthenticated_slot = None;
         Ok(())
     }

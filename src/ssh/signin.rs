@@ -7,7 +7,7 @@ use russh::keys::PublicKey;
 use crate::gateway::Gateway;
 use crate::keys::fingerprint;
 use crate::oidc::{DeviceAuthorization, VerifiedIdentity};
-use crate::store::{AuditEvent, Identity, KeyBinding, StoreResult, blocking};
+use crate::store::{AuditEvent, Identity, IdentityCheck, KeyBinding, SignInRecord, StoreResult, blocking};
 
 /// The keyboard-interactive instructions. OpenSSH prints them with no prompt,
 /// so nobody has to press a key, and also when there is no terminal.
@@ -32,18 +32,33 @@ pub fn instructions(auth: &DeviceAuthorization, gateway_name: &str) -> String {
     text
 }
 
+/// Why a verified sign-in was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    /// The user name the provider sent belongs to another account at the provider.
+    #[error(
+        "the identity provider names you `{user}`, but that name belongs to another account at this gateway; \
+         ask an administrator (the refusal is in the audit log)"
+    )]
+    NameTaken { user: String },
+    #[error("the gateway could not record your sign-in: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Identity and key binding after a successful sign-in. Returns the identity
-/// as stored (with its first-seen time preserved).
+/// as stored (with its first-seen time preserved). A person is their
+/// `(issuer, subject)`: the user name is pinned to the first one seen with it,
+/// and a sign-in by another account that sends the same name is refused and
+/// audited (`signin.refused`).
 pub async fn remember(
     gateway: &Gateway,
     verified: &VerifiedIdentity,
     key: Option<&PublicKey>,
     client_ip: &str,
     audit_kind: &'static str,
-) -> StoreResult<Identity> {
+) -> Result<Identity, SignInError> {
     let now = gateway.clock.now_ms();
     let id = Identity::id_for(&verified.issuer, &verified.subject);
-    let verified = verified.clone();
     let ttl_ms = gateway.config.ssh.key_binding_ttl.as_millis() as i64;
     let binding = key.map(|k| KeyBinding {
         fingerprint: fingerprint(k),
@@ -63,27 +78,46 @@ pub async fn remember(
             "binding_expires_ms": binding.as_ref().map(|b| b.expires_at_ms),
         }),
     );
-    blocking(&gateway.store, move |s| {
-        let first_seen = s.identity(&id)?.map_or(now, |i| i.first_seen_ms);
-        let identity = Identity {
-            id: id.clone(),
-            issuer: verified.issuer,
-            subject: verified.subject,
-            user: verified.user,
-            login_name: verified.login_name,
-            display_name: verified.display_name,
-            groups: verified.groups,
-            first_seen_ms: first_seen,
-            last_sign_in_ms: now,
-        };
-        s.upsert_identity(&identity)?;
-        if let Some(b) = &binding {
-            s.bind_key(b)?;
+    let identity = Identity {
+        id: id.clone(),
+        issuer: verified.issuer.clone(),
+        subject: verified.subject.clone(),
+        user: verified.user.clone(),
+        login_name: verified.login_name.clone(),
+        display_name: verified.display_name.clone(),
+        groups: verified.groups.clone(),
+        first_seen_ms: now,
+        last_sign_in_ms: now,
+    };
+    let check = IdentityCheck {
+        identity_id: id.clone(),
+        checked_ms: now,
+        refresh_token: verified.refresh_token.as_ref().map(|t| t.expose().clone()),
+    };
+    let recorded = blocking(&gateway.store, move |s| {
+        let recorded = s.record_sign_in(&identity, binding.as_ref(), &audit, now)?;
+        if matches!(recorded, SignInRecord::Recorded(_)) {
+            s.put_identity_check(&check)?;
         }
-        s.append_audit(&audit, now)?;
-        Ok(identity)
+        Ok(recorded)
     })
-    .await
+    .await?;
+    match recorded {
+        SignInRecord::Recorded(identity) => Ok(identity),
+        SignInRecord::NameTaken { owner } => {
+            tracing::warn!(identity = %id, %owner, client_ip, "sign-in refused: the user name belongs to another identity");
+            let refusal = AuditEvent::new(
+                "signin.refused",
+                verified.user.clone(),
+                serde_json::json!({
+                    "reason": "user_name_taken", "identity": id, "issuer": verified.issuer,
+                    "subject": verified.subject, "owner": owner, "client_ip": client_ip, "method": audit_kind,
+                }),
+            );
+            gateway.audit(refusal).await;
+            Err(SignInError::NameTaken { user: verified.user.clone() })
+        }
+    }
 }
 
 /// The identity a client key is bound to, if the binding is still valid and

@@ -43,6 +43,29 @@ pub trait Store: Send + Sync + 'static {
     fn identity(&self, id: &str) -> StoreResult<Option<Identity>>;
     fn identities(&self) -> StoreResult<Vec<Identity>>;
 
+    /// Records a sign-in at the identity provider in one transaction: pins the
+    /// person's user name (case-insensitive) to their `(issuer, subject)` when it
+    /// is free, stores the identity (keeping its first-seen time), binds the key
+    /// and appends the audit record. When the name is pinned to another identity,
+    /// nothing is written and the owner is returned: a name never moves to
+    /// another account at the provider by itself.
+    fn record_sign_in(
+        &self,
+        identity: &Identity,
+        binding: Option<&KeyBinding>,
+        audit: &AuditEvent,
+        at_ms: i64,
+    ) -> StoreResult<SignInRecord>;
+    /// The identity a user name is pinned to, if any.
+    fn user_name_owner(&self, user: &str) -> StoreResult<Option<String>>;
+
+    fn identity_check(&self, identity_id: &str) -> StoreResult<Option<IdentityCheck>>;
+    fn put_identity_check(&self, check: &IdentityCheck) -> StoreResult<()>;
+    /// Ends everything a person's past sign-ins gave them, in one transaction:
+    /// their key bindings and API sessions, and the stored refresh token; the
+    /// audit record says why. Returns (keys unbound, API sessions ended).
+    fn end_sign_ins(&self, identity_id: &str, audit: &AuditEvent, at_ms: i64) -> StoreResult<(usize, usize)>;
+
     /// Binds a key to an identity (replacing that pair's earlier binding). One key may be
     /// bound to several identities; the SSH user name chooses among them.
     fn bind_key(&self, binding: &KeyBinding) -> StoreResult<()>;

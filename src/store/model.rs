@@ -62,6 +62,19 @@ impl Identity {
     }
 }
 
+/// The issuer of identities the local admin creates for automation keys; their
+/// names are not pinned (the admin names them deliberately).
+pub const LOCAL_ADMIN_ISSUER: &str = "local-admin";
+
+/// What `Store::record_sign_in` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignInRecord {
+    /// The identity as stored (first-seen time preserved).
+    Recorded(Identity),
+    /// The user name belongs to another identity (its ID); nothing was written.
+    NameTaken { owner: String },
+}
+
 /// A client public key bound to an identity after a sign-in, for a limited time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyBinding {
@@ -250,6 +263,27 @@ pub struct ApiSession {
     pub expires_ms: i64,
     #[serde(default)]
     pub revoked: bool,
+}
+
+/// When a person's sign-in was last confirmed with the identity provider, and
+/// the provider's refresh token to confirm it again (`signin.revalidate`). The
+/// token is a credential: it lives only here (the store is 0600) and never
+/// reaches a log, the audit or an API answer.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityCheck {
+    pub identity_id: String,
+    pub checked_ms: i64,
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for IdentityCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityCheck")
+            .field("identity_id", &self.identity_id)
+            .field("checked_ms", &self.checked_ms)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// A port opening in a cloud firewall, written before the cloud call so a

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -27,6 +27,10 @@ const API_SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_ses
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// Single-use tickets already presented (ID -> expiry), kept until they expire.
 const USED_TICKETS: TableDefinition<&str, i64> = TableDefinition::new("used_tickets");
+/// Lower-cased user name → the identity ID it is pinned to (first `(issuer, subject)` seen).
+const USER_NAMES: TableDefinition<&str, &str> = TableDefinition::new("user_names");
+/// Identity ID → `IdentityCheck` (last confirmation with the provider, refresh token).
+const IDENTITY_CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("identity_checks");
 /// Single values: `audit_head`.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -80,6 +84,8 @@ impl RedbStore {
             txn.open_table(API_SESSIONS).map_err(db_err)?;
             txn.open_table(LEASES).map_err(db_err)?;
             txn.open_table(META).map_err(db_err)?;
+            txn.open_table(IDENTITY_CHECKS).map_err(db_err)?;
+            pin_existing_names(&txn)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(RedbStore { db, head_signer: None })
@@ -151,7 +157,118 @@ impl RedbStore {
     }
 }
 
+/// Stores written before names were pinned: pin each name to the identity
+/// that signed in with it first. Runs once (while the table is empty).
+fn pin_existing_names(txn: &redb::WriteTransaction) -> StoreResult<()> {
+    let mut names = txn.open_table(USER_NAMES).map_err(db_err)?;
+    if !names.is_empty().map_err(db_err)? {
+        return Ok(());
+    }
+    let mut identities: Vec<Identity> = Vec::new();
+    for entry in txn.open_table(IDENTITIES).map_err(db_err)?.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        identities.push(decode(k.value(), v.value())?);
+    }
+    identities.retain(|i| i.issuer != LOCAL_ADMIN_ISSUER);
+    identities.sort_by_key(|i| i.first_seen_ms);
+    for identity in identities {
+        let name = identity.user.to_lowercase();
+        if names.get(name.as_str()).map_err(db_err)?.is_none() {
+            names.insert(name.as_str(), identity.id.as_str()).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
 impl Store for RedbStore {
+    fn record_sign_in(
+        &self,
+        identity: &Identity,
+        binding: Option<&KeyBinding>,
+        audit: &AuditEvent,
+        at_ms: i64,
+    ) -> StoreResult<SignInRecord> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let stored = {
+            let name = identity.user.to_lowercase();
+            let mut names = txn.open_table(USER_NAMES).map_err(db_err)?;
+            let owner = names.get(name.as_str()).map_err(db_err)?.map(|v| v.value().to_string());
+            match owner {
+                Some(owner) if owner != identity.id => return Ok(SignInRecord::NameTaken { owner }),
+                Some(_) => {}
+                None => {
+                    names.insert(name.as_str(), identity.id.as_str()).map_err(db_err)?;
+                }
+            }
+            let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+            let first_seen = match identities.get(identity.id.as_str()).map_err(db_err)? {
+                Some(v) => decode::<Identity>(&identity.id, v.value())?.first_seen_ms,
+                None => identity.first_seen_ms,
+            };
+            let stored = Identity { first_seen_ms: first_seen, ..identity.clone() };
+            identities.insert(identity.id.as_str(), encode(&stored)?.as_slice()).map_err(db_err)?;
+            if let Some(b) = binding {
+                txn.open_table(KEY_BINDINGS)
+                    .map_err(db_err)?
+                    .insert(format!("{}\0{}", b.fingerprint, b.identity_id).as_str(), encode(b)?.as_slice())
+                    .map_err(db_err)?;
+            }
+            stored
+        };
+        self.append_in(&txn, audit, at_ms)?;
+        txn.commit().map_err(db_err)?;
+        Ok(SignInRecord::Recorded(stored))
+    }
+
+    fn identity_check(&self, identity_id: &str) -> StoreResult<Option<IdentityCheck>> {
+        self.get(IDENTITY_CHECKS, identity_id)
+    }
+
+    fn put_identity_check(&self, check: &IdentityCheck) -> StoreResult<()> {
+        self.put(IDENTITY_CHECKS, &check.identity_id, check)
+    }
+
+    fn end_sign_ins(&self, identity_id: &str, audit: &AuditEvent, at_ms: i64) -> StoreResult<(usize, usize)> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let counts = {
+            let suffix = format!("\0{identity_id}");
+            let mut bindings = txn.open_table(KEY_BINDINGS).map_err(db_err)?;
+            let mut unbound = Vec::new();
+            for entry in bindings.iter().map_err(db_err)? {
+                let (k, _) = entry.map_err(db_err)?;
+                if k.value().ends_with(&suffix) {
+                    unbound.push(k.value().to_string());
+                }
+            }
+            for k in &unbound {
+                bindings.remove(k.as_str()).map_err(db_err)?;
+            }
+            let mut sessions = txn.open_table(API_SESSIONS).map_err(db_err)?;
+            let mut ended = Vec::new();
+            for entry in sessions.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let session: ApiSession = decode(k.value(), v.value())?;
+                if session.identity_id == identity_id && !session.revoked {
+                    ended.push(ApiSession { revoked: true, ..session });
+                }
+            }
+            for session in &ended {
+                sessions.insert(session.id.as_str(), encode(session)?.as_slice()).map_err(db_err)?;
+            }
+            txn.open_table(IDENTITY_CHECKS).map_err(db_err)?.remove(identity_id).map_err(db_err)?;
+            (unbound.len(), ended.len())
+        };
+        self.append_in(&txn, audit, at_ms)?;
+        txn.commit().map_err(db_err)?;
+        Ok(counts)
+    }
+
+    fn user_name_owner(&self, user: &str) -> StoreResult<Option<String>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(USER_NAMES).map_err(db_err)?;
+        Ok(table.get(user.to_lowercase().as_str()).map_err(db_err)?.map(|v| v.value().to_string()))
+    }
+
     fn upsert_identity(&self, identity: &Identity) -> StoreResult<()> {
         self.put(IDENTITIES, &identity.id, identity)
     }

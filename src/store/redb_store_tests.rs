@@ -123,3 +123,80 @@ fn data_survives_reopening() {
     let store = RedbStore::open(&path).unwrap();
     assert!(store.grant("g-1").unwrap().is_some());
 }
+
+fn binding(identity: &str, user: &str) -> KeyBinding {
+    KeyBinding {
+        fingerprint: format!("SHA256:{identity}"),
+        identity_id: identity.into(),
+        user: user.into(),
+        algorithm: "ssh-ed25519".into(),
+        bound_at_ms: 1,
+        expires_at_ms: 2,
+        client_ip: None,
+    }
+}
+
+fn person(issuer: &str, subject: &str, user: &str, at: i64) -> Identity {
+    Identity {
+        id: Identity::id_for(issuer, subject),
+        issuer: issuer.into(),
+        subject: subject.into(),
+        user: user.into(),
+        login_name: None,
+        display_name: None,
+        groups: vec![],
+        first_seen_ms: at,
+        last_sign_in_ms: at,
+    }
+}
+
+#[test]
+fn a_user_name_stays_with_the_first_subject_that_signed_in_with_it() {
+    let (_dir, store) = open();
+    let alice = person("https://idp", "user-alice", "alice@example.test", 1000);
+    let audit = AuditEvent::new("signin.device-flow", "alice@example.test", serde_json::json!({}));
+    assert_eq!(store.record_sign_in(&alice, None, &audit, 1000).unwrap(), SignInRecord::Recorded(alice.clone()));
+
+    // Another subject (or the same subject at another issuer) sending the same name, in any case: refused, nothing written.
+    for (issuer, subject) in [("https://idp", "user-eve"), ("https://other-idp", "user-alice")] {
+        let eve = person(issuer, subject, "Alice@Example.TEST", 2000);
+        let key = binding(&eve.id, "alice@example.test");
+        let got = store.record_sign_in(&eve, Some(&key), &audit, 2000).unwrap();
+        assert_eq!(got, SignInRecord::NameTaken { owner: alice.id.clone() });
+        assert!(store.identity(&eve.id).unwrap().is_none());
+        assert!(store.key_bindings(&key.fingerprint).unwrap().is_empty());
+    }
+    assert_eq!(store.audit_records(1, 10).unwrap().len(), 1, "only alice's sign-in was recorded");
+
+    // Alice again, later: first-seen kept, the binding written with the same transaction.
+    let again = person("https://idp", "user-alice", "alice@example.test", 5000);
+    let key = binding(&alice.id, "alice@example.test");
+    match store.record_sign_in(&again, Some(&key), &audit, 5000).unwrap() {
+        SignInRecord::Recorded(stored) => assert_eq!((stored.first_seen_ms, stored.last_sign_in_ms), (1000, 5000)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.key_bindings(&key.fingerprint).unwrap().len(), 1);
+    assert_eq!(store.user_name_owner("ALICE@example.test").unwrap(), Some(alice.id));
+}
+
+#[test]
+fn names_of_a_store_written_before_pinning_go_to_the_first_identity_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.redb");
+    let (early, late) =
+        (person("https://idp", "a", "alice@example.test", 10), person("https://idp", "b", "alice@example.test", 20));
+    let admin = person(LOCAL_ADMIN_ISSUER, "bob@example.test", "bob@example.test", 1);
+    {
+        let store = RedbStore::open(&path).unwrap();
+        for i in [&late, &early, &admin] {
+            store.upsert_identity(i).unwrap();
+        }
+        // Simulate the older layout: no pins yet.
+        let txn = store.db.begin_write().unwrap();
+        txn.delete_table(USER_NAMES).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.user_name_owner("alice@example.test").unwrap(), Some(early.id));
+    assert_eq!(store.user_name_owner("bob@example.test").unwrap(), None, "automation identities are not pinned");
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod azure;
+mod limits;
 
 mod rdp;
 mod recordings;

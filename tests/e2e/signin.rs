@@ -18,6 +18,10 @@ struct SignInWorld {
 }
 
 async fn sign_in_world(rogue_keys: bool) -> Option<SignInWorld> {
+    sign_in_world_with(rogue_keys, "").await
+}
+
+async fn sign_in_world_with(rogue_keys: bool, extra: &str) -> Option<SignInWorld> {
     if !support::need("ssh") || !support::need("/usr/sbin/sshd") {
         return None;
     }
@@ -28,7 +32,12 @@ async fn sign_in_world(rogue_keys: bool) -> Option<SignInWorld> {
     }
     let prepared = support::prepare();
     let sshd = Sshd::start(&prepared.target_ca);
-    let options = GwOptions { issuer: provider.issuer.clone(), sshd_port: Some(sshd.port), ..Default::default() };
+    let options = GwOptions {
+        issuer: provider.issuer.clone(),
+        sshd_port: Some(sshd.port),
+        extra: extra.to_string(),
+        ..Default::default()
+    };
     let gw = Gw::start(prepared, options).await;
     gw.grant("alice@example.test", "vm1", &[LOGIN], Duration::from_secs(3600)).await;
     Some(SignInWorld { provider, gw, _sshd: sshd })
@@ -187,4 +196,95 @@ async fn id_tokens_for_another_audience_or_past_their_expiry_are_refused() {
     short_clock.advance(Duration::from_secs(3600));
     let err = short_oidc.verify_id_token(&short, None).await.unwrap_err().to_string();
     assert!(err.contains("expired"), "{err}");
+}
+
+/// Outside review H2: a second account at the provider that sends alice's
+/// address must not get alice's grant, whether or not its provider says the
+/// address is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_with_the_same_email_gets_nothing() {
+    let Some(w) = sign_in_world(false).await else { return };
+    let alice = Client::new(&w.gw, "alice", "");
+    let (out, shown) = ssh_with_device_flow(&alice, &w.provider, "alice", false).await;
+    assert_eq!(text(&out.stdout).trim(), "signed-in-ok", "alice signs in first: {shown}");
+
+    // eve: a verified alice@example.test under another subject. The name is alice's.
+    let eve = Client::new(&w.gw, "alice@example.test", "");
+    let (out, shown) = ssh_with_device_flow(&eve, &w.provider, "eve", false).await;
+    assert!(!out.status.success(), "{shown}");
+    assert!(text(&out.stdout).is_empty(), "no command ran as eve: {}", text(&out.stdout));
+    assert!(shown.contains("belongs to another account at this gateway"), "{shown}");
+
+    // mallory: alice@example.test with no email_verified claim (Entra ID's default).
+    let mallory = Client::new(&w.gw, "alice@example.test", "");
+    let (out, shown) = ssh_with_device_flow(&mallory, &w.provider, "mallory", false).await;
+    assert!(!out.status.success(), "{shown}");
+    assert!(text(&out.stdout).is_empty());
+    assert!(shown.contains("no `email_verified` claim"), "{shown}");
+
+    // Neither key is bound; eve's refusal is audited with both subjects.
+    for client in [&eve, &mallory] {
+        let fp =
+            jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(client.public_key.trim()).unwrap());
+        assert!(blocking(&w.gw.gateway.store, move |s| s.key_bindings(&fp)).await.unwrap().is_empty());
+    }
+    let audit = blocking(&w.gw.gateway.store, |s| s.audit_records(1, 1000)).await.unwrap();
+    let refused: Vec<_> = audit.iter().filter(|r| r.kind == "signin.refused").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].details["reason"], "user_name_taken");
+    assert_eq!(refused[0].details["subject"], "user-eve");
+    let alice_id = jit_gateway::store::Identity::id_for(&w.provider.issuer, "user-alice");
+    assert_eq!(refused[0].details["owner"], alice_id.as_str());
+    // Alice's own key still works.
+    let again = alice.exec("vm1", "echo still-alice", None).await;
+    assert_eq!(text(&again.stdout).trim(), "still-alice", "{}", text(&again.stderr));
+}
+
+/// Deprovisioning at the provider reaches key bindings (12 h) and sessions:
+/// past `signin.revalidate`, the gateway asks the provider again with the
+/// refresh token from the sign-in, and a refusal ends every binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_disabled_at_the_provider_is_refused_after_the_revalidation_window() {
+    let extra = "[signin]\nrevalidate = \"1s\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n";
+    let Some(w) = sign_in_world_with(false, extra).await else { return };
+    let alice = Client::new(&w.gw, "alice", "");
+    let (out, shown) = ssh_with_device_flow(&alice, &w.provider, "alice", false).await;
+    assert_eq!(text(&out.stdout).trim(), "signed-in-ok", "{shown}");
+    let api_session = w.gw.login(&w.provider, "alice").await;
+    let alice_id = jit_gateway::store::Identity::id_for(&w.provider.issuer, "user-alice");
+    let id = alice_id.clone();
+    let check = blocking(&w.gw.gateway.store, move |s| s.identity_check(&id)).await.unwrap().expect("checked");
+    assert!(check.refresh_token.is_some(), "offline_access gives the gateway a refresh token");
+
+    // Past the window, still enabled: the provider confirms, twice (refresh tokens rotate).
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let out = alice.exec("vm1", "echo still-in", None).await;
+        assert_eq!(text(&out.stdout).trim(), "still-in", "round {round}: {}", text(&out.stderr));
+    }
+    let audit = blocking(&w.gw.gateway.store, |s| s.audit_records(1, 1000)).await.unwrap();
+    assert!(audit.iter().filter(|r| r.kind == "identity.revalidated").count() >= 2, "each renewal audited");
+    assert!(!format!("{audit:?}").contains(check.refresh_token.as_deref().unwrap()), "no token in the audit");
+
+    let grants = w.gw.cli_as(&api_session, &["grants"]).await;
+    assert!(grants.status.success(), "the API session works while alice stands: {}", text(&grants.stderr));
+
+    // Deprovisioned: the next session is refused, and the binding is gone.
+    w.provider.disable("alice").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = alice.exec("vm1", "echo should-not-run", None).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stdout).is_empty(), "{}", text(&out.stdout));
+    let fp = jit_gateway::keys::fingerprint(&russh::keys::PublicKey::from_openssh(alice.public_key.trim()).unwrap());
+    assert!(blocking(&w.gw.gateway.store, move |s| s.key_bindings(&fp)).await.unwrap().is_empty(), "unbound");
+    let audit = blocking(&w.gw.gateway.store, |s| s.audit_records(1, 1000)).await.unwrap();
+    let ended = audit.iter().find(|r| r.kind == "identity.signins_ended").expect("the end is audited");
+    assert_eq!(ended.details["reason"], "refused_by_provider");
+    assert_eq!(ended.details["identity"], alice_id.as_str());
+    let id = alice_id.clone();
+    assert!(blocking(&w.gw.gateway.store, move |s| s.identity_check(&id)).await.unwrap().is_none(), "token forgotten");
+    // The API session from `jit-gateway login` (8 h) ended with it.
+    let grants = w.gw.cli_as(&api_session, &["grants"]).await;
+    assert!(!grants.status.success());
+    assert!(text(&grants.stderr).contains("signed out"), "{}", text(&grants.stderr));
 }

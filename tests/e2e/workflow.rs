@@ -218,7 +218,7 @@ async fn a_restart_keeps_requests_and_grants_and_ends_grants_that_expired_meanwh
     let short = gw
         .cli_as(
             &alice,
-            &["request", "vm1", "--login", "admin", "--for", "2s", "--reason", "expires while down", "--json"],
+            &["request", "vm1", "--login", "admin", "--for", "5s", "--reason", "expires while down", "--json"],
         )
         .await;
     let short_grant = serde_json::from_slice::<serde_json::Value>(&short.stdout).unwrap()["grant"]["id"]
@@ -238,7 +238,7 @@ async fn a_restart_keeps_requests_and_grants_and_ends_grants_that_expired_meanwh
     let stopped_at = std::time::Instant::now();
     let gw = {
         gw.shutdown_only().await;
-        tokio::time::sleep(Duration::from_secs(3).saturating_sub(stopped_at.elapsed())).await;
+        tokio::time::sleep(Duration::from_secs(6).saturating_sub(stopped_at.elapsed())).await;
         gw.restart().await
     };
     let (sg, lg) = (short_grant.clone(), long_grant.clone());

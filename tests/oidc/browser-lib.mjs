@@ -5,7 +5,9 @@
 
 import { parseArgs } from 'node:util';
 
-export const DEMO_PASSWORDS = { alice: 'alice-password', bob: 'bob-password', carol: 'carol-password' };
+export const DEMO_PASSWORDS = {
+  alice: 'alice-password', bob: 'bob-password', carol: 'carol-password', eve: 'eve-password', mallory: 'mallory-password',
+};
 
 /** The provider refused what we asked (wrong password, bad user code, ...). */
 export class Refused extends Error {}

@@ -121,7 +121,7 @@ a = await approve(['--user', 'bob', da.user_code]);
 check(a.code === 0, 'retry with the right password succeeds', a.err);
 t = await poll('jit-gateway', da.device_code);
 idt = decodeJwt(t.body.id_token ?? 'e30.e30');
-check(idt.payload.sub === 'user-bob' && JSON.stringify(idt.payload.groups) === '["dev"]' && !('email_verified' in idt.payload),
+check(idt.payload.sub === 'user-bob' && JSON.stringify(idt.payload.groups) === '["dev"]' && idt.payload.email_verified === true,
   'bob tokens', JSON.stringify(idt.payload));
 
 // --- unknown and used codes -----------------------------------------------

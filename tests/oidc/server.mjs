@@ -85,6 +85,7 @@ const DEFAULT_USERS = [
     sub: 'user-bob',
     claims: {
       email: 'bob@example.test',
+      email_verified: true,
       preferred_username: 'bob',
       groups: ['dev'],
     },
@@ -95,8 +96,33 @@ const DEFAULT_USERS = [
     sub: 'user-carol',
     claims: {
       email: 'carol@example.test',
+      email_verified: true,
       preferred_username: 'carol',
       groups: [],
+    },
+  },
+  // Two other accounts that send alice's address: eve's provider says it is
+  // verified (a second account, e.g. after a rename), mallory's says nothing
+  // about it (as Entra ID does by default).
+  {
+    username: 'eve',
+    password: 'eve-password',
+    sub: 'user-eve',
+    claims: {
+      email: 'alice@example.test',
+      email_verified: true,
+      preferred_username: 'eve',
+      groups: ['ops'],
+    },
+  },
+  {
+    username: 'mallory',
+    password: 'mallory-password',
+    sub: 'user-mallory',
+    claims: {
+      email: 'alice@example.test',
+      preferred_username: 'mallory',
+      groups: ['ops'],
     },
   },
 ];
@@ -182,6 +208,7 @@ function publicJwks(jwk) {
 
 const signingKey = newRsaJwk();
 let rogueJwks = null; // set by POST /__test/rogue-jwks
+let deviceAuthorizations = 0; // device codes handed out; read by POST /__test/counts
 
 // ------------------------------------------------------------------- html --
 
@@ -516,6 +543,25 @@ provider.use(async (ctx, next) => {
       ctx.body = { jwks: 'rogue', kid: rogueJwks.keys[0].kid };
       return;
     }
+    // Deprovisioning: the account is gone (findAccount finds nothing), so
+    // its refresh tokens are refused with invalid_grant from now on.
+    if (path === '/__test/disable') {
+      const name = new URL(ctx.href).searchParams.get('user');
+      const user = usersByName.get(name);
+      if (!user) {
+        ctx.status = 404;
+        ctx.body = { error: 'no such user' };
+        return;
+      }
+      usersBySub.delete(user.sub);
+      log(`test control: user ${name} disabled`);
+      ctx.body = { disabled: name };
+      return;
+    }
+    if (path === '/__test/counts') {
+      ctx.body = { device_authorizations: deviceAuthorizations };
+      return;
+    }
     if (path === '/__test/normal-jwks') {
       rogueJwks = null;
       log('test control: jwks_uri restored');
@@ -541,6 +587,7 @@ provider.use(async (ctx, next) => {
   if (ctx.oidc?.route === 'device_authorization' && ctx.status === 200
       && ctx.body && typeof ctx.body === 'object' && ctx.body.device_code) {
     ctx.body.interval = deviceInterval;
+    deviceAuthorizations += 1;
   }
 });
 

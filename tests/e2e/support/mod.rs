@@ -59,22 +59,48 @@ macro_rules! require {
     };
 }
 
+/// Runs one-time machine setup (test accounts) once at a time across the
+/// test processes that nextest runs in parallel. `scripts/test` does this
+/// setup before the tests start; the lock covers a plain `cargo test`.
+pub fn with_setup_lock<T>(setup: impl FnOnce() -> T) -> T {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("jit-gateway-test-setup.lock"))
+        .expect("open the test setup lock file");
+    lock.lock().expect("take the test setup lock");
+    let out = setup();
+    let _ = lock.unlock();
+    out
+}
+
+/// True when the Unix account exists.
+pub fn account_exists(name: &str) -> bool {
+    std::process::Command::new("id").arg(name).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Creates a Unix account unless it exists (under the setup lock).
+pub fn ensure_account(name: &str) {
+    with_setup_lock(|| {
+        if !account_exists(name) {
+            let status = std::process::Command::new("useradd").args(["-m", "-s", "/bin/bash", name]).status();
+            assert!(
+                matches!(status, Ok(s) if s.success()) || account_exists(name),
+                "cannot create the test account `{name}` (run the tests as root, or run scripts/test-setup once)"
+            );
+        }
+        // A locked account (`!` password) is refused by sshd even with a certificate; `*` is not locked.
+        let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+        if shadow.lines().any(|l| l.starts_with(&format!("{name}:!"))) {
+            let _ = std::process::Command::new("usermod").args(["-p", "*", name]).status();
+        }
+    })
+}
+
 /// Makes sure the Unix account the tests log in as exists and may log in with a certificate.
 pub fn ensure_login_account() {
-    let exists = std::process::Command::new("id").arg(LOGIN).output().map(|o| o.status.success()).unwrap_or(false);
-    if !exists {
-        let status = std::process::Command::new("useradd").args(["-m", "-s", "/bin/bash", LOGIN]).status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "cannot create the test account `{LOGIN}` (run the tests as root)"
-        );
-    }
-    // A locked account (`!` password) is refused by sshd even with a certificate; `*` is not locked.
-    let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
-    let locked = shadow.lines().any(|l| l.starts_with(&format!("{LOGIN}:!")));
-    if locked {
-        let _ = std::process::Command::new("usermod").args(["-p", "*", LOGIN]).status();
-    }
+    ensure_account(LOGIN);
 }
 
 pub struct GwOptions {
@@ -88,6 +114,8 @@ pub struct GwOptions {
     pub ssh_extra: String,
     /// A fixed SSH port (for a gateway run as its own process); 0 otherwise.
     pub ssh_port: u16,
+    /// Extra lines for the `[gateway]` table.
+    pub gateway_extra: String,
 }
 
 impl Default for GwOptions {
@@ -99,6 +127,7 @@ impl Default for GwOptions {
             vm1_host_key: None,
             ssh_extra: String::new(),
             ssh_port: 0,
+            gateway_extra: String::new(),
         }
     }
 }
@@ -107,6 +136,12 @@ impl GwOptions {
     pub fn with_ssh(mut self, lines: &str) -> Self {
         self.ssh_extra.push_str(lines);
         self.ssh_extra.push('\n');
+        self
+    }
+
+    pub fn with_gateway(mut self, lines: &str) -> Self {
+        self.gateway_extra.push_str(lines);
+        self.gateway_extra.push('\n');
         self
     }
 }
@@ -157,7 +192,7 @@ pub fn write_config(prepared: Prepared, options: &GwOptions) -> (tempfile::TempD
 name = "jit-gateway"
 state_dir = "state"
 certs_dir = "certs"
-
+{gateway_extra}
 [ssh]
 listen = "127.0.0.1:{ssh_port}"
 keepalive_interval = "5s"
@@ -168,7 +203,7 @@ issuer = "{issuer}"
 client_id = "jit-gateway"
 client_secret_file = "client_secret"
 allow_insecure_loopback_issuer = true
-scopes = ["openid", "email", "profile", "groups"]
+scopes = ["openid", "email", "profile", "groups", "offline_access"]
 
 [recording]
 dir = "recordings"
@@ -177,7 +212,8 @@ dir = "recordings"
             issuer = options.issuer,
             extra = options.extra,
             ssh_extra = options.ssh_extra,
-            ssh_port = options.ssh_port
+            ssh_port = options.ssh_port,
+            gateway_extra = options.gateway_extra
         );
         if let Some(port) = options.sshd_port {
             text.push_str(&format!("\n[targets.vm1]\naddress = \"127.0.0.1\"\nssh_port = {port}\n"));

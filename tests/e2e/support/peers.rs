@@ -184,6 +184,19 @@ impl Provider {
         assert!(r.status().is_success());
     }
 
+    /// Deprovisions `user` at the provider: their refresh tokens are refused from now on.
+    pub async fn disable(&self, user: &str) {
+        let r = self.http.post(format!("{}/__test/disable?user={user}", self.issuer)).send().await.unwrap();
+        assert!(r.status().is_success(), "disabling {user}: {}", r.status());
+    }
+
+    /// Device codes the provider has handed out since it started.
+    pub async fn device_authorizations(&self) -> u64 {
+        let r = self.http.post(format!("{}/__test/counts", self.issuer)).send().await.unwrap();
+        let counts: serde_json::Value = r.json().await.unwrap();
+        counts["device_authorizations"].as_u64().expect("a count")
+    }
+
     /// A real ID token for `client_id`, obtained with the device flow as `user`.
     pub async fn id_token(&self, client_id: &str, secret: &str, user: &str) -> String {
         let auth: serde_json::Value = self

@@ -17,15 +17,14 @@ use super::peers::free_port;
 pub const RDP_USER: &str = "jitgwrdp";
 
 pub fn ensure_rdp_account(password: &str) {
-    let exists = Command::new("id").arg(RDP_USER).output().map(|o| o.status.success()).unwrap_or(false);
-    if !exists {
-        let ok = Command::new("useradd").args(["-m", "-s", "/bin/bash", RDP_USER]).status().unwrap();
-        assert!(ok.success(), "cannot create {RDP_USER} (run the tests as root)");
-    }
-    let mut child = Command::new("chpasswd").stdin(Stdio::piped()).spawn().unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(format!("{RDP_USER}:{password}\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    super::ensure_account(RDP_USER);
+    // chpasswd locks /etc/shadow too: take turns with account creation in other test processes.
+    super::with_setup_lock(|| {
+        let mut child = Command::new("chpasswd").stdin(Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("{RDP_USER}:{password}\n").as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    })
 }
 
 fn kill(child: &mut Child) {
