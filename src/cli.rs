@@ -32,7 +32,7 @@ pub fn init_logging(serving: bool) {
         .try_init();
 }
 
-fn load(config: &Path) -> Result<Config> {
+pub(crate) fn load(config: &Path) -> Result<Config> {
     Config::load(config).map_err(|e| anyhow!("{e}\n(give the configuration with --config or JITGW_CONFIG)"))
 }
 
@@ -248,7 +248,7 @@ pub enum GrantCommand {
     },
 }
 
-async fn call(config_path: &Path, request: Request) -> Result<serde_json::Value> {
+pub(crate) async fn call(config_path: &Path, request: Request) -> Result<serde_json::Value> {
     let config = load(config_path)?;
     admin::call(&config.admin_socket(), &request).await.map_err(|e| anyhow!(e))
 }
@@ -563,7 +563,7 @@ pub struct ReplayArgs {
 }
 
 /// The recordings directory, when a configuration is at hand.
-fn recordings_dir(config_path: &Path) -> Option<PathBuf> {
+pub(crate) fn recordings_dir(config_path: &Path) -> Option<PathBuf> {
     Config::load(config_path).ok().map(|c| c.recording.dir)
 }
 
@@ -644,44 +644,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(jit_gateway::ids::new_id("frames"));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-#[derive(Args)]
-pub struct VerifyArgs {
-    /// Recording ID or file.
-    recording: String,
-    /// The signing key to trust (default: the gateway's, from its certs folder).
-    #[arg(long)]
-    signer: Option<PathBuf>,
-}
-
-pub fn verify(config_path: &Path, args: VerifyArgs) -> Result<()> {
-    let signer_file = match &args.signer {
-        Some(p) => p.clone(),
-        None => load(config_path)?.gateway.certs_dir.join("signing_ed25519_key.pub"),
-    };
-    let text = std::fs::read_to_string(&signer_file)
-        .with_context(|| format!("cannot read the signing key {}", signer_file.display()))?;
-    let signer =
-        russh::keys::PublicKey::from_openssh(text.trim()).map_err(|e| anyhow!("{}: {e}", signer_file.display()))?;
-    let path = replay::resolve(&args.recording, recordings_dir(config_path).as_deref())?;
-    let manifest = jit_gateway::recording::seal::verify(&path, &signer)?;
-    if path.extension().is_some_and(|e| e == "rdprec") {
-        let data = std::fs::read(&path)?;
-        let parsed = jit_gateway::recording::rdp_format::read(&data).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        println!("hash chain intact: {} links over {} records", parsed.links, parsed.records.len());
-    }
-    println!(
-        "OK {}: {} bytes, sha256 {}, signed by the gateway ({} on {} as {}, {})",
-        manifest.recording,
-        manifest.size,
-        manifest.sha256,
-        manifest.user,
-        manifest.target,
-        manifest.login,
-        format_ms(manifest.started_ms)
-    );
-    Ok(())
 }
 
 #[derive(Subcommand)]

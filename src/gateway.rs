@@ -219,6 +219,8 @@ pub async fn run(gateway: Arc<Gateway>, listeners: Listeners, shutdown: Cancella
         message: e.to_string(),
     })?;
     let tasks = tokio_util::task::TaskTracker::new();
+    // Before anything is served: what a crash left open is from the previous run.
+    crate::recovery::after_crash(&gateway, &tasks).await;
     tasks.spawn(crate::memory::housekeeping(Arc::clone(&gateway.sessions), shutdown.clone()));
     tasks.spawn(Arc::clone(&gateway.ports).run(shutdown.clone()));
     if let (Some(arm), Some(az)) = (gateway.arm.clone(), gateway.config.azure.clone()) {

@@ -10,6 +10,7 @@
 //!   channel, the upstream client toward the VM, and the channel relay.
 //! - `recording`: recorders, formats (asciicast, exec, sftp events), sealing.
 //! - `sessions`: live sessions and ending them when their grant ends.
+//! - `recovery`: at start-up, ending the sessions and sealing the recordings a crash left open.
 //! - `limits`: per-source and overall admission limits before sign-in, and the
 //!   aggregated count of what they refused.
 //! - `admin`: the local admin socket behind `jit-gateway grant ...`.
@@ -22,6 +23,7 @@ pub mod audit;
 pub mod azure;
 pub mod clock;
 pub mod config;
+pub mod error_text;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
@@ -34,6 +36,7 @@ pub mod policy;
 pub mod ports;
 pub mod rdp;
 pub mod recording;
+pub mod recovery;
 pub mod replay;
 pub mod secret;
 pub mod sessions;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_api;
+mod cli_verify;
 
 use std::path::PathBuf;
 
@@ -109,7 +110,7 @@ enum Command {
     /// Play a recording in the terminal.
     Replay(cli::ReplayArgs),
     /// Prove a recording was not altered (its signed manifest).
-    Verify(cli::VerifyArgs),
+    Verify(cli_verify::VerifyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -145,7 +146,7 @@ fn main() -> std::process::ExitCode {
             Command::Sessions(a) => cli::sessions(&args.config, a).await,
             Command::Recordings(a) => cli::recordings(&args.config, a).await,
             Command::Replay(a) => cli::replay(&args.config, a),
-            Command::Verify(a) => cli::verify(&args.config, a),
+            Command::Verify(a) => cli_verify::verify(&args.config, a).await,
             Command::Login(a) => cli_api::login(a).await,
             Command::Logout => cli_api::logout().await,
             Command::Whoami { json } => cli_api::whoami(json).await,
@@ -163,7 +164,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jit-gateway: {e:#}");
+            eprintln!("jit-gateway: {}", jit_gateway::error_text::join(e.chain().map(|c| c.to_string())));
             std::process::ExitCode::FAILURE
         }
     }

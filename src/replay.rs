@@ -81,7 +81,7 @@ pub fn replay(
     let bad = |message: String| ReplayError::Bad { path: path.to_path_buf(), message };
     if name.ends_with(".cast") {
         let text = std::fs::read_to_string(path)?;
-        let (header, events) = asciicast::parse(&text).map_err(|e| bad(e.to_string()))?;
+        let (header, events, cut) = asciicast::parse_cut(&text).map_err(|e| bad(e.to_string()))?;
         if let Some(title) = &header.title {
             writeln!(err, "# {title} ({}x{}) — recorded by jit-gateway", header.width, header.height)?;
         }
@@ -91,13 +91,27 @@ pub fn replay(
             out.write_all(e.data.as_bytes())?;
             out.flush()?;
         }
+        if cut {
+            writeln!(err, "\n# the recording ends in a cut line (the gateway stopped while writing it)")?;
+        }
         return Ok(());
     }
     if name.ends_with(".exec.gz") {
         let file = std::fs::File::open(path)?;
         let mut decoder = Decoder::new(GzDecoder::new(BufReader::new(file))).map_err(|e| bad(e.to_string()))?;
         let mut pacer = Pacer { options, last: 0.0 };
-        while let Some(frame) = decoder.next_frame().map_err(|e| bad(e.to_string()))? {
+        let (mut ended, mut damage) = (false, None);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                // A recording cut by a crash has no trailer and ends mid-stream: show what there is.
+                Err(e) if !ended => {
+                    damage = Some(e.to_string());
+                    break;
+                }
+                Err(e) => return Err(bad(e.to_string())),
+            };
             match frame.kind {
                 Kind::Header => {
                     let h: ExecHeader = serde_json::from_slice(&frame.payload).map_err(|e| bad(e.to_string()))?;
@@ -115,6 +129,7 @@ pub fn replay(
                 }
                 Kind::Stdin => {}
                 Kind::Trailer => {
+                    ended = true;
                     let t: ExecTrailer = serde_json::from_slice(&frame.payload).map_err(|e| bad(e.to_string()))?;
                     let status = match (&t.exit_status, &t.exit_signal) {
                         (Some(code), _) => format!("exit status {code}"),
@@ -130,6 +145,10 @@ pub fn replay(
                     )?;
                 }
             }
+        }
+        if !ended {
+            let how = damage.map(|e| format!(": {e}")).unwrap_or_default();
+            writeln!(err, "\n# the recording ends here, without its trailer (the gateway stopped first{how})")?;
         }
         return Ok(());
     }

@@ -193,6 +193,15 @@ async fn run(gateway: &Gateway, account: &str, request: Request) -> Result<serde
             .map_err(store_err)?;
             Ok(json!({"removed": removed}))
         }
+        Request::RecordingEvidence { recording } => {
+            let keys = std::sync::Arc::clone(&gateway.keys);
+            let evidence = blocking(&gateway.store, move |s| {
+                crate::recording::crosscheck::collect(s, recording.as_deref(), keys.signing_public())
+            })
+            .await
+            .map_err(store_err)?;
+            Ok(json!(evidence))
+        }
         Request::Recordings { limit } => {
             let limit = limit.clamp(1, 10_000);
             let recordings = blocking(&gateway.store, move |s| s.recordings(limit)).await.map_err(store_err)?;

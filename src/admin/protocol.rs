@@ -46,6 +46,11 @@ pub enum Request {
         #[serde(default = "default_limit")]
         limit: usize,
     },
+    /// What the index and the audit log say about one recording (or all): `jit-gateway verify`.
+    RecordingEvidence {
+        #[serde(default)]
+        recording: Option<String>,
+    },
     /// Binds a client key to a person without a sign-in (automation, break-glass).
     KeyBind {
         user: String,

@@ -139,9 +139,43 @@ pub fn parse(text: &str) -> Result<(Header, Vec<Event>), ParseError> {
     Ok((header, events))
 }
 
+/// Parses a recording that may have been cut by a crash: a damaged last line
+/// (a write cut half-way) is left out instead of failing the whole file.
+/// Returns whether a line was left out. Damage anywhere else is an error.
+pub fn parse_cut(text: &str) -> Result<(Header, Vec<Event>, bool), ParseError> {
+    match parse(text) {
+        Ok((header, events)) => Ok((header, events, false)),
+        Err(ParseError::Line { line, message }) => {
+            let last = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).last().map(|(i, _)| i + 1);
+            if line < 2 || Some(line) != last || text.ends_with('\n') {
+                return Err(ParseError::Line { line, message });
+            }
+            let cut = text.rfind('\n').map(|at| &text[..=at]).unwrap_or_default();
+            parse(cut).map(|(header, events)| (header, events, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_line_cut_by_a_crash_is_left_out_and_said() {
+        let file =
+            "{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":0}\n[1.0, \"o\", \"kept\"]\n[2.0, \"o\", \"cu";
+        let (_, events, cut) = parse_cut(file).unwrap();
+        assert!(cut);
+        assert_eq!(events.len(), 1);
+        // A damaged line in the middle, or a complete bad last line, is still an error.
+        assert!(
+            parse_cut("{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":0}\n[1.0, \"o\"\n[2.0, \"o\", \"x\"]\n")
+                .is_err()
+        );
+        assert!(parse_cut("{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":0}\n[1.0, \"o\"\n").is_err());
+        assert!(!parse_cut("{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":0}\n").unwrap().2);
+    }
 
     #[test]
     fn split_utf8_is_joined() {

@@ -36,6 +36,11 @@ pub trait Format: Send {
         Vec::new()
     }
     fn finish(&mut self, ended_ms: i64, out: &mut Vec<u8>) -> Summary;
+    /// Formats that keep their hash chain inside the file (RDP) say how far it goes;
+    /// the others get a chain file from the writer.
+    fn inline_chain(&self) -> Option<super::chain::ChainSummary> {
+        None
+    }
 }
 
 pub fn for_meta(

@@ -10,9 +10,12 @@
 //! never grows without bound.
 
 pub mod asciicast;
+pub mod chain;
+pub mod crosscheck;
 pub mod exec_format;
 mod formats;
 pub mod rdp_format;
+pub mod recovery;
 pub mod seal;
 pub mod sftp;
 mod writer;
@@ -125,6 +128,15 @@ impl RecordingService {
         let file = writer::create_private(&path)
             .await
             .map_err(|source| RecordingError::Create { path: path.clone(), source })?;
+        let chain_file = if meta.kind == RecordingKind::Rdp {
+            None // its links are inside the file
+        } else {
+            let chain = self.config.dir.join(seal::chain_file_name(&id));
+            Some(
+                writer::create_chain(&chain, &id)
+                    .map_err(|source| RecordingError::Create { path: chain.clone(), source })?,
+            )
+        };
         let record = RecordingRecord {
             id: id.clone(),
             session_id: meta.session_id.clone(),
@@ -142,6 +154,7 @@ impl RecordingService {
             bytes_from_client: 0,
             bytes_from_target: 0,
             note: None,
+            chained: true,
         };
         let indexed = record.clone();
         blocking(&self.store, move |s| s.upsert_recording(&indexed)).await?;
@@ -155,6 +168,7 @@ impl RecordingService {
             budget: Arc::clone(&budget),
             failed: failed.clone(),
             file,
+            chain_file,
             path,
             format,
             record,

@@ -19,6 +19,7 @@ use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::Stream;
+use super::chain::next_link;
 use super::formats::{Format, Summary};
 
 pub const MAGIC: &[u8; 8] = b"JGWRDP1\n";
@@ -49,6 +50,10 @@ pub struct RdpFormat {
     dirty: bool,
     from_client: u64,
     from_target: u64,
+    /// Bytes handed out so far, and how many of them the last link covers.
+    written: u64,
+    covered: u64,
+    links: u64,
 }
 
 impl RdpFormat {
@@ -64,12 +69,16 @@ impl RdpFormat {
             dirty: false,
             from_client: 0,
             from_target: 0,
+            written: 0,
+            covered: 0,
+            links: 0,
         }
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.since_link.update(bytes);
         out.extend_from_slice(bytes);
+        self.written += bytes.len() as u64;
         self.dirty = true;
     }
 
@@ -101,17 +110,11 @@ impl RdpFormat {
         head[9..13].copy_from_slice(&32u32.to_le_bytes());
         out.extend_from_slice(&head);
         out.extend_from_slice(&self.chain);
+        self.written += (RECORD_HEADER + 32) as u64;
+        self.covered = self.written;
+        self.links += 1;
         self.dirty = false;
     }
-}
-
-fn next_link(prev: &[u8; 32], since: &[u8]) -> [u8; 32] {
-    let mut c = Context::new(&SHA256);
-    c.update(prev);
-    c.update(since);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(c.finish().as_ref());
-    out
 }
 
 impl Format for RdpFormat {
@@ -132,6 +135,10 @@ impl Format for RdpFormat {
 
     fn flush(&mut self, out: &mut Vec<u8>) {
         self.link(out);
+    }
+
+    fn inline_chain(&self) -> Option<super::chain::ChainSummary> {
+        Some(super::chain::ChainSummary { links: self.links, covered: self.covered, head: String::new() })
     }
 
     fn finish(&mut self, _ended_ms: i64, out: &mut Vec<u8>) -> Summary {
@@ -188,14 +195,15 @@ pub fn read(file: &[u8]) -> Result<Parsed<'_>, ReadError> {
     let mut at = 12 + hlen;
     let (mut records, mut pending, mut links, mut verified_end) = (Vec::new(), Vec::new(), 0, at);
     while at < file.len() {
-        let head = file.get(at..at + RECORD_HEADER).ok_or(ReadError::Damaged(at))?;
+        // A record cut short at the end is what a crash leaves: it is part of the unverified tail.
+        let Some(head) = file.get(at..at + RECORD_HEADER) else { break };
         let kind = head[0];
         let at_us = u64::from_le_bytes(head[1..9].try_into().map_err(|_| ReadError::Damaged(at))?);
         let len = u32::from_le_bytes(head[9..13].try_into().map_err(|_| ReadError::Damaged(at))?) as usize;
         if len > MAX_RECORD || kind > LINK {
             return Err(ReadError::Damaged(at));
         }
-        let data = file.get(at + RECORD_HEADER..at + RECORD_HEADER + len).ok_or(ReadError::Damaged(at))?;
+        let Some(data) = file.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else { break };
         if kind == LINK {
             let expected = next_link(&chain, std::mem::replace(&mut since, Context::new(&SHA256)).finish().as_ref());
             if data != expected {
@@ -266,10 +274,17 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_file_is_damaged_not_a_panic() {
+    fn a_cut_file_is_intact_up_to_its_last_link_and_never_a_panic() {
         let file = sample();
+        let header_end = 12 + u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
         for cut in 0..file.len() {
-            let _ = read(&file[..cut]);
+            match read(&file[..cut]) {
+                Ok(parsed) => assert!(cut >= header_end && parsed.unverified_tail <= cut - header_end),
+                Err(e) => assert!(cut < header_end, "cut at {cut}: {e}"),
+            }
         }
+        let cut = read(&file[..file.len() - 3]).unwrap();
+        assert_eq!(cut.links, 1, "the last link was cut off");
+        assert_eq!(cut.records.len(), 2, "only records covered by a link are returned");
     }
 }

@@ -95,6 +95,12 @@ pub trait Store: Send + Sync + 'static {
     fn upsert_recording(&self, recording: &RecordingRecord) -> StoreResult<()>;
     fn recording(&self, id: &str) -> StoreResult<Option<RecordingRecord>>;
     fn recordings(&self, limit: usize) -> StoreResult<Vec<RecordingRecord>>;
+    /// Writes a sealed recording's index entry and its `recording.sealed` audit record together,
+    /// so the index and the audit log never disagree about a seal.
+    fn seal_recording(&self, recording: &RecordingRecord, audit: &AuditEvent, at_ms: i64) -> StoreResult<()> {
+        self.upsert_recording(recording)?;
+        self.append_audit(audit, at_ms).map(|_| ())
+    }
 
     fn pinned_host_key(&self, target: &str) -> StoreResult<Option<String>>;
     fn pin_host_key(&self, target: &str, key: &str) -> StoreResult<()>;

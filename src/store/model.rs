@@ -371,6 +371,9 @@ pub struct RecordingRecord {
     pub bytes_from_target: u64,
     /// Set when the recording could not keep everything (a write error, or data past a cap).
     pub note: Option<String>,
+    /// Written with a per-flush hash chain (false for recordings made before chains existed).
+    #[serde(default)]
+    pub chained: bool,
 }
 
 /// One line of the audit log. `hash` covers everything else in the record,

@@ -459,6 +459,14 @@ impl Store for RedbStore {
         Ok(all)
     }
 
+    fn seal_recording(&self, recording: &RecordingRecord, audit: &AuditEvent, at_ms: i64) -> StoreResult<()> {
+        let bytes = encode(recording)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(RECORDINGS).map_err(db_err)?.insert(recording.id.as_str(), bytes.as_slice()).map_err(db_err)?;
+        self.append_in(&txn, audit, at_ms)?;
+        txn.commit().map_err(db_err)
+    }
+
     fn pinned_host_key(&self, target: &str) -> StoreResult<Option<String>> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(HOST_KEYS).map_err(db_err)?;

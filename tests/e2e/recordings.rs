@@ -211,3 +211,197 @@ async fn a_session_whose_recording_cannot_be_written_is_ended() {
         out.stdout.len()
     );
 }
+
+/// `jit-gateway <args>` for a gateway run as its own process; asserts it succeeds.
+async fn cli_ok(gateway: &support::GwProcess, args: &[&str]) -> String {
+    let out = gateway.cli(args).await;
+    assert!(out.status.success(), "{args:?}: {}{}", text(&out.stdout), text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_cut_by_kill_9_is_sealed_as_interrupted_at_the_next_start() {
+    if !support::need("ssh") || !support::need("/usr/sbin/sshd") || !support::need("tmux") {
+        return;
+    }
+    let prepared = support::prepare();
+    let sshd = support::Sshd::start(&prepared.target_ca);
+    let port = support::peers::free_port();
+    let options = support::GwOptions { sshd_port: Some(sshd.port), ssh_port: port, ..Default::default() };
+    let (dir, config) = support::write_config(prepared, &options);
+    let gateway = support::GwProcess::start(&config, port).await;
+    let alice = support::Client::for_process(dir.path(), port, "alice");
+    let key = alice.key.with_extension("pub");
+    let bind = ["key", "bind", "--user", "alice@example.test", "--login-name", "alice", "--public-key"];
+    cli_ok(&gateway, &[&bind[..], &[key.to_str().unwrap()]].concat()).await;
+    let grant = ["grant", "add", "--user", "alice@example.test", "--target", "vm1", "--login", support::LOGIN];
+    cli_ok(&gateway, &[&grant[..], &["--for", "1h", "--reason", "crash test"]].concat()).await;
+
+    let term = Tmux::start(&interactive(&alice), 100, 30);
+    assert!(term.wait_for("$", Duration::from_secs(15)).await, "{}", term.screen());
+    term.send(&["echo before-the-crash-$((6*7))", "Enter"]);
+    assert!(term.wait_for("before-the-crash-42", Duration::from_secs(5)).await, "{}", term.screen());
+    let recordings = dir.path().join("recordings");
+    let cast = || {
+        std::fs::read_dir(&recordings).unwrap().flatten().map(|e| e.path()).find(|p| {
+            p.extension().is_some_and(|x| x == "cast")
+                && std::fs::read_to_string(p).unwrap_or_default().contains("before-the-crash-42")
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || cast().is_some()).await, "the output reached the disk");
+    let path = cast().unwrap();
+    let id = jit_gateway::recording::seal::id_of(&path.file_name().unwrap().to_string_lossy()).to_string();
+    // A command without a terminal, running too (its recording is a gzip stream, cut mid-stream by the kill).
+    let client = alice.clone();
+    let command = tokio::spawn(async move { client.exec("vm1", "echo exec-before-the-crash; sleep 60", None).await });
+    let replayed = |p: &std::path::Path| {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let options = jit_gateway::replay::ReplayOptions { speed: 1.0, max_idle: None, instant: true };
+        let _ = jit_gateway::replay::replay(p, &options, &mut out, &mut err);
+        (text(&out), text(&err))
+    };
+    let exec_file = || {
+        std::fs::read_dir(&recordings)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".exec.gz") && replayed(p).0.contains("exec-before-the-crash"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || exec_file().is_some()).await,
+        "the command's output reached the disk"
+    );
+    let exec_path = exec_file().unwrap();
+    let exec_id = jit_gateway::recording::seal::id_of(&exec_path.file_name().unwrap().to_string_lossy()).to_string();
+    gateway.kill9().await;
+    let _ = command.await;
+    assert!(!jit_gateway::recording::seal::manifest_path(&path).exists(), "nothing was sealed at the kill");
+    let on_disk = std::fs::read(&path).unwrap();
+    // With the gateway down nothing is sealed yet: `verify` says so, once (it used to repeat the cause).
+    let unsealed = gateway_cli(&config, &["verify", &id, "--files-only"]).await;
+    assert!(!unsealed.status.success());
+    let message = text(&unsealed.stderr);
+    assert_eq!(message.matches("is not sealed").count(), 1, "{message}");
+    assert!(!message.contains("os error"), "{message}");
+
+    // The reported failure: before the fix, `verify` named the missing manifest twice, and the
+    // recording stayed `live` forever after the restart.
+    let gateway = support::GwProcess::start(&config, port).await;
+    let restarted = std::time::Instant::now();
+    let sealed = eventually(Duration::from_secs(20), || {
+        jit_gateway::recording::seal::manifest_path(&path).exists()
+            && jit_gateway::recording::seal::manifest_path(&exec_path).exists()
+    })
+    .await;
+    assert!(sealed, "the restarted gateway sealed the interrupted recording");
+    eprintln!("sealed {:?} after the restarted gateway listened", restarted.elapsed());
+    let listed = cli_ok(&gateway, &["recordings", "--json"]).await;
+    let list: Vec<RecordingRecord> = serde_json::from_str(&listed).unwrap();
+    let record = list.iter().find(|r| r.id == id).expect("still indexed");
+    assert!(record.ended_ms.is_some(), "no longer listed as live: {record:?}");
+    assert!(record.note.as_deref().unwrap_or("").starts_with("interrupted"), "{record:?}");
+    assert_eq!(record.sha256.as_deref(), Some(jit_gateway::secret::sha256_hex(&on_disk).as_str()));
+    let table = cli_ok(&gateway, &["recordings"]).await;
+    let row = table.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(!row.contains("live") && row.contains("interrupted"), "{row}");
+
+    let verified = cli_ok(&gateway, &["verify", &id]).await;
+    eprintln!("{verified}");
+    assert!(verified.starts_with(&format!("OK {id}")), "{verified}");
+    assert!(verified.contains("interrupted: the gateway stopped"), "{verified}");
+    assert!(verified.contains("hash chain intact"), "{verified}");
+    assert!(verified.contains("the index and the audit log agree"), "{verified}");
+    let verified = cli_ok(&gateway, &["verify", &exec_id]).await;
+    assert!(verified.contains("interrupted: the gateway stopped"), "{verified}");
+    let all = cli_ok(&gateway, &["verify", "--all"]).await;
+    eprintln!("{all}");
+    assert!(all.contains("2 interrupted") && all.contains("0 with problems"), "{all}");
+    // What reached the disk replays; the command's recording says where it was cut.
+    let replay = gateway.cli(&["replay", "--instant", &id]).await;
+    assert!(text(&replay.stdout).contains("before-the-crash-42"), "{}", text(&replay.stderr));
+    let replay = gateway.cli(&["replay", "--instant", &exec_id]).await;
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    assert!(text(&replay.stdout).contains("exec-before-the-crash"));
+    assert!(text(&replay.stderr).contains("without its trailer"), "{}", text(&replay.stderr));
+    gateway.stop().await;
+
+    // The same proof from the store file, with the gateway stopped.
+    let db = dir.path().join("state/gateway.redb");
+    let offline = gateway_cli(&config, &["verify", &id, "--db", db.to_str().unwrap()]).await;
+    assert!(text(&offline.stdout).contains("the index and the audit log agree"), "{}", text(&offline.stderr));
+    // The store, read directly now that the gateway is stopped.
+    let store = jit_gateway::store::RedbStore::open(&dir.path().join("state/gateway.redb")).unwrap();
+    use jit_gateway::store::Store;
+    let sessions = store.sessions(100).unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for session in &sessions {
+        assert!(session.ended_ms.is_some(), "{session:?}");
+        assert!(session.end_reason.as_deref().unwrap_or("").starts_with("interrupted"), "{session:?}");
+    }
+    let audit = store.audit_records(1, usize::MAX).unwrap();
+    let said = |kind: &str, key: &str, value: &str| {
+        audit.iter().any(|r| r.kind == kind && r.details[key] == value && r.details["interrupted"] == true)
+    };
+    assert!(said("session.ended", "session", &record.session_id), "the audit log says the session was cut");
+    assert!(said("recording.sealed", "recording", &id), "the audit log says the recording was sealed late");
+    drop(store);
+    let audit_verify =
+        gateway_cli(&config, &["audit", "verify", "--db", dir.path().join("state/gateway.redb").to_str().unwrap()])
+            .await;
+    assert!(audit_verify.status.success(), "{}", text(&audit_verify.stderr));
+    assert!(text(&audit_verify.stdout).starts_with("OK"), "{}", text(&audit_verify.stdout));
+    drop(term);
+}
+
+async fn gateway_cli(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    support::run(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_jit-gateway")).args(&all),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_all_passes_an_untouched_set_and_reports_deleted_and_swapped_recordings() {
+    let Some(w) = World::new("").await else { return };
+    for n in 0..3 {
+        let out = w.alice.exec("vm1", &format!("echo recording-{n}"), None).await;
+        assert!(out.status.success());
+    }
+    let recs = sealed_recordings(&w, RecordingKind::Exec, 3).await;
+    let all = w.gw.cli(&["verify", "--all"]).await;
+    assert!(all.status.success(), "{}{}", text(&all.stdout), text(&all.stderr));
+    assert!(text(&all.stdout).contains("3 ok"), "{}", text(&all.stdout));
+
+    let dir = w.gw.recordings_dir();
+    let files = |r: &RecordingRecord| {
+        let path = dir.join(&r.file);
+        let m = jit_gateway::recording::seal::manifest_path(&path);
+        let c = jit_gateway::recording::seal::chain_path(&path);
+        [path, m, c]
+    };
+    // recs[0] deleted; recs[1] replaced by recs[2]'s files, each under recs[1]'s name.
+    for f in files(&recs[0]) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for (from, to) in files(&recs[2]).into_iter().zip(files(&recs[1])) {
+        std::fs::copy(from, to).unwrap();
+    }
+    let all = w.gw.cli(&["verify", "--all"]).await;
+    let report = text(&all.stdout);
+    assert!(!all.status.success(), "{report}");
+    let row = |id: &str| report.lines().find(|l| l.starts_with(id)).unwrap_or_default().to_string();
+    assert!(row(&recs[0].id).contains("MISSING"), "{report}");
+    assert!(row(&recs[1].id).contains("SWAPPED"), "{report}");
+    assert!(row(&recs[2].id).contains(" ok "), "{report}");
+    assert!(text(&all.stderr).contains("2 recordings do not verify"), "{}", text(&all.stderr));
+
+    let one = w.gw.cli(&["verify", &recs[0].id]).await;
+    assert!(!one.status.success());
+    assert!(text(&one.stderr).contains("MISSING"), "{}", text(&one.stderr));
+    let one = w.gw.cli(&["verify", &recs[1].id]).await;
+    assert!(text(&one.stderr).contains("was swapped"), "{}", text(&one.stderr));
+}

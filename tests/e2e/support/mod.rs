@@ -654,6 +654,15 @@ impl GwProcess {
         run(Command::new(env!("CARGO_BIN_EXE_jit-gateway")).args(&all), None, Duration::from_secs(30)).await
     }
 
+    /// SIGTERM, and waits for a clean stop (sessions ended, recordings sealed, store closed).
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let stopped = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        assert!(matches!(stopped, Ok(Ok(s)) if s.success()), "the gateway stops cleanly on SIGTERM: {stopped:?}");
+    }
+
     /// kill -9: no cleanup of any kind.
     pub async fn kill9(mut self) {
         let _ = self.child.start_kill();
