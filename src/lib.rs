@@ -20,9 +20,12 @@ pub mod audit;
 pub mod azure;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod ids;
 pub mod keys;
+pub mod logging;
 pub mod memory;
 pub mod notify;
 pub mod oidc;
