@@ -5,6 +5,7 @@
 mod support;
 
 mod azure;
+mod hardening;
 
 mod rdp;
 mod recordings;
