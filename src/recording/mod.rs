@@ -11,7 +11,7 @@
 
 pub mod asciicast;
 pub mod exec_format;
-mod formats;
+pub(crate) mod formats;
 pub mod rdp_format;
 pub mod seal;
 pub mod sftp;
