@@ -23,11 +23,14 @@ fn chunks(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// A scratch directory of this process for the readers that take a path.
+/// A scratch directory of this process for the readers that take a path
+/// (in memory when `/dev/shm` exists: these targets write a file per input).
 fn scratch() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("jitgw-fuzz-{}", std::process::id()));
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let dir = base.join(format!("jitgw-fuzz-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         dir
     })
@@ -211,12 +214,17 @@ pub fn manifest(data: &[u8]) {
         let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
         russh::keys::PrivateKey::from(pair).public_key().clone()
     });
-    let recording = scratch().join("r-fuzz.cast");
-    let manifest = crate::recording::seal::manifest_path(&recording);
-    if std::fs::write(&recording, b"{\"version\": 2}\n").is_err() || std::fs::write(&manifest, data).is_err() {
+    static RECORDING: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let recording = RECORDING.get_or_init(|| {
+        let path = scratch().join("r-fuzz.cast");
+        let _ = std::fs::write(&path, b"{\"version\": 2}\n");
+        path
+    });
+    let manifest = crate::recording::seal::manifest_path(recording);
+    if std::fs::write(&manifest, data).is_err() {
         return;
     }
-    let _ = crate::recording::seal::verify(&recording, key);
+    let _ = crate::recording::seal::verify(recording, key);
 }
 
 /// What the HTTPS API and the RDP listener parse by hand: bearer tokens, RDP
