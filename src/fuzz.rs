@@ -200,9 +200,8 @@ pub fn rdprec(data: &[u8]) {
         }
     }
     format.finish(0, &mut file);
-    let dir = scratch().join("frames");
-    let _ = crate::rdp::replay::render_frames(&file, &dir, std::time::Duration::from_millis(250));
-    let _ = std::fs::remove_dir_all(&dir);
+    // Every frame is decoded as replay does; writing PNGs of them is left out (our own encoder, our own pixels).
+    let _ = crate::rdp::replay::render_with(&file, std::time::Duration::from_millis(250), |_, _| Ok(None));
 }
 
 /// `jit-gateway verify`: a recording's manifest (JSON with an SSHSIG) as an

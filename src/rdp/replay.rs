@@ -116,8 +116,26 @@ fn write_png(image: &DecodedImage, path: &Path) -> Result<(), String> {
 
 /// Renders `recording` into `dir` as `frame-000001.png`, ... every `every` of recorded time.
 pub fn render_frames(recording: &[u8], dir: &Path, every: Duration) -> Result<RenderSummary, String> {
+    let mut made = false;
+    render_with(recording, every, |image, n| {
+        if !made {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            made = true;
+        }
+        let path = dir.join(format!("frame-{n:06}.png"));
+        write_png(image, &path)?;
+        Ok(Some(path))
+    })
+}
+
+/// Decodes `recording` and hands `emit` frame number n (from 1) every
+/// `every` of recorded time; what `emit` returns is listed in the summary.
+pub(crate) fn render_with(
+    recording: &[u8],
+    every: Duration,
+    mut emit_frame: impl FnMut(&DecodedImage, usize) -> Result<Option<PathBuf>, String>,
+) -> Result<RenderSummary, String> {
     let parsed = rdp_format::read(recording).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let every_us = every.as_micros().max(1) as u64;
     let mut r = Renderer { io_channel: 1003, user_channel: 1002, message_channel: None, stage: None, image: None };
     let mut summary = RenderSummary { unverified_tail: parsed.unverified_tail, ..Default::default() };
@@ -125,11 +143,11 @@ pub fn render_frames(recording: &[u8], dir: &Path, every: Duration) -> Result<Re
     let mut next_at = every_us;
     let mut dirty = false;
     let mut last_us = 0;
-    let emit = |image: &DecodedImage, summary: &mut RenderSummary| -> Result<(), String> {
-        let path = dir.join(format!("frame-{:06}.png", summary.frames_written + 1));
-        write_png(image, &path)?;
+    let mut emit = |image: &DecodedImage, summary: &mut RenderSummary| -> Result<(), String> {
+        if let Some(path) = emit_frame(image, summary.frames_written + 1)? {
+            summary.files.push(path);
+        }
         summary.frames_written += 1;
-        summary.files.push(path);
         Ok(())
     };
     for record in parsed.records.iter().filter(|r| r.kind == FROM_TARGET) {
