@@ -167,7 +167,9 @@ pub fn replay(data: &[u8]) {
     if std::fs::write(&path, &bytes).is_err() {
         return;
     }
-    let options = crate::replay::ReplayOptions { speed: 1.0, max_idle: None, instant: true };
+    // Paced as a user would replay it, with every wait cut to zero (`--max-idle 0`).
+    let options =
+        crate::replay::ReplayOptions { speed: 1.0, max_idle: Some(std::time::Duration::ZERO), instant: false };
     let _ = crate::replay::replay(&path, &options, &mut std::io::sink(), &mut std::io::sink());
 }
 
