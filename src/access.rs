@@ -51,7 +51,7 @@ pub fn resolve_target<'a>(
         inventory.get_key_value(host).ok_or_else(|| Denied::UnknownTarget { host: host.chars().take(80).collect() })?;
     // Clients ask for port 22 unless told otherwise; the target's real port is accepted too.
     if port != 22 && port != u32::from(target.ssh_port) {
-        return Err(Denied::WrongPort { target: name.clone(), requested: port, expected: 22 });
+        return Err(Denied::WrongPort { target: name.clone(), requested: port, expected: target.ssh_port });
     }
     Ok((name.as_str(), target))
 }

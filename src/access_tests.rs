@@ -45,7 +45,9 @@ fn only_inventory_names_on_their_port_resolve() {
     let inv = inventory();
     assert_eq!(resolve_target(&inv, "vm1", 22).unwrap().0, "vm1");
     assert_eq!(resolve_target(&inv, "vm1", 2201).unwrap().0, "vm1");
-    assert!(matches!(resolve_target(&inv, "vm1", 8080), Err(Denied::WrongPort { .. })));
+    let wrong = resolve_target(&inv, "vm1", 8080).unwrap_err();
+    assert_eq!(wrong, Denied::WrongPort { target: "vm1".into(), requested: 8080, expected: 2201 });
+    assert_eq!(wrong.to_string(), "vm1 is reached on port 2201 through this gateway, not 8080");
     assert!(matches!(resolve_target(&inv, "10.0.0.4", 22), Err(Denied::UnknownTarget { .. })));
     assert!(matches!(resolve_target(&inv, "127.0.0.1", 2201), Err(Denied::UnknownTarget { .. })));
     assert!(matches!(resolve_target(&inv, "VM1", 22), Err(Denied::UnknownTarget { .. })));

@@ -24,7 +24,11 @@ pub fn init_logging(serving: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A closed stderr (a log pipe that went away) must not turn every log line into a panic.
+    // Field values are escaped: a newline in a name a client sent cannot forge a log line. Colours
+    // only on a terminal, so a log file or journal holds no escape sequences at all.
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(jit_gateway::logging::EscapingFields)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -105,6 +105,14 @@ impl Gateway {
         std::fs::create_dir_all(state).map_err(state_err)?;
         std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(state_err)?;
         let keys = Arc::new(KeyMaterial::load_or_generate(&config.gateway.certs_dir)?);
+        // Configured TLS keys too: a key others may read refuses the start, before anything listens.
+        for key in
+            [config.api.as_ref().and_then(|a| a.tls_key.as_ref()), config.rdp.as_ref().and_then(|r| r.tls_key.as_ref())]
+                .into_iter()
+                .flatten()
+        {
+            crate::keys::read_private(key)?;
+        }
         if config.api.as_ref().is_some_and(|a| a.tls_cert.is_none())
             || config.rdp.as_ref().is_some_and(|r| r.tls_cert.is_none())
         {

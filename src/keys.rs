@@ -4,12 +4,14 @@
 //! signatures over recordings and the audit head (signing key).
 //!
 //! Missing keys are generated on first start with mode 0600 in a 0700
-//! folder. Private keys never leave this module except as `russh` needs them;
+//! folder (a folder readable by others is narrowed to 0700). Like OpenSSH, a
+//! private key that its group or others may read refuses the start, naming
+//! the file (`read_private`). Private keys never leave this module except as `russh` needs them;
 //! nothing here logs key bytes, only fingerprints.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +29,7 @@ pub enum KeyError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a usable OpenSSH private key: {message}")]
     BadKey { path: PathBuf, message: String },
-    #[error("{path}: private key is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error("{path}: private key is accessible by others (mode {mode:04o}); run `chmod 600 {path}`")]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("cannot mint certificate: {0}")]
     Mint(String),
@@ -107,8 +109,7 @@ impl KeyMaterial {
             tracing::info!(path = %cert_path.display(), names = ?hosts, "generated a self-signed TLS certificate");
         }
         let cert = std::fs::read_to_string(&cert_path).map_err(|source| KeyError::Io { path: cert_path, source })?;
-        let key = std::fs::read_to_string(&key_path).map_err(|source| KeyError::Io { path: key_path, source })?;
-        Ok((cert, crate::secret::Secret::new(key)))
+        Ok((cert, read_private(&key_path)?))
     }
 
     pub fn dir(&self) -> &Path {
@@ -186,15 +187,21 @@ impl KeyMaterial {
     }
 
     /// The `known_hosts` lines a user needs: the gateway's own key under its
-    /// alias, and the host CA scoped to the inventory's names.
+    /// alias, and the host CA scoped to the inventory's names. With no names
+    /// there is no CA line (a `*` would trust the host CA for every host),
+    /// only a comment saying how to write one.
     pub fn known_hosts_lines<'a>(&self, gateway_name: &str, targets: impl IntoIterator<Item = &'a str>) -> String {
         let names: Vec<&str> = targets.into_iter().collect();
-        let pattern = if names.is_empty() { "*".to_string() } else { names.join(",") };
-        format!(
-            "{gateway_name} {}\n@cert-authority {pattern} {}\n",
-            openssh_line(self.host_key.public_key()),
-            openssh_line(self.host_ca.public_key())
-        )
+        let gateway = format!("{gateway_name} {}\n", openssh_line(self.host_key.public_key()));
+        let ca = openssh_line(self.host_ca.public_key());
+        if names.is_empty() {
+            return format!(
+                "{gateway}# No targets in the gateway's inventory yet, so no @cert-authority line: it must name the\n\
+                 # targets, never `*` (that would trust the gateway's host CA for every host). Once you know them:\n\
+                 # @cert-authority <target>[,<target>...] {ca}\n"
+            );
+        }
+        format!("{gateway}@cert-authority {} {ca}\n", names.join(","))
     }
 }
 
@@ -235,27 +242,41 @@ pub fn generate_ed25519(comment: &str) -> Result<PrivateKey, KeyError> {
     Ok(key)
 }
 
-fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
+/// Creates `dir` (0700) or narrows an existing one to 0700: the keys in it
+/// are 0600 anyway, but their names and count are nobody else's business.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
     let io = |source| KeyError::Io { path: dir.to_path_buf(), source };
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io)?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let mode = fs::metadata(dir).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        tracing::warn!(path = %dir.display(), mode = format!("{mode:04o}"), "narrowed a private folder to mode 0700");
     }
     Ok(())
 }
 
+/// Reads a private key file (PEM, OpenSSH or hex), refusing one that its
+/// group or others may access, as OpenSSH does. The mode is read from the
+/// open file, so a swap between check and read cannot slip through.
+pub fn read_private(path: &Path) -> Result<crate::secret::Secret<String>, KeyError> {
+    use std::io::Read;
+    let io = |source| KeyError::Io { path: path.to_path_buf(), source };
+    let mut file = fs::File::open(path).map_err(io)?;
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::TooOpen { path: path.to_path_buf(), mode });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    Ok(crate::secret::Secret::new(text))
+}
+
 fn load_or_generate_key(path: &Path, comment: &str) -> Result<PrivateKey, KeyError> {
     let io = |source| KeyError::Io { path: path.to_path_buf(), source };
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyError::TooOpen { path: path.to_path_buf(), mode });
-            }
-            PrivateKey::from_openssh(text.trim())
-                .map_err(|e| KeyError::BadKey { path: path.to_path_buf(), message: e.to_string() })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match read_private(path) {
+        Ok(text) => PrivateKey::from_openssh(text.expose().trim())
+            .map_err(|e| KeyError::BadKey { path: path.to_path_buf(), message: e.to_string() }),
+        Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = generate_ed25519(comment)?;
             let pem = key
                 .to_openssh(LineEnding::LF)
@@ -273,7 +294,7 @@ fn load_or_generate_key(path: &Path, comment: &str) -> Result<PrivateKey, KeyErr
                 Err(e) => Err(io(e)),
             }
         }
-        Err(e) => Err(io(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -285,11 +306,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 
 /// 32 random bytes kept hex-encoded in a 0600 file.
 fn load_or_generate_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
-    match fs::read_to_string(path) {
+    match read_private(path) {
         Ok(text) => data_encoding::HEXLOWER
-            .decode(text.trim().as_bytes())
+            .decode(text.expose().trim().as_bytes())
             .map_err(|e| KeyError::BadKey { path: path.to_path_buf(), message: e.to_string() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(KeyError::Io { source: e, .. }) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = vec![0u8; 32];
             random_bytes(&mut key);
             match write_private(path, data_encoding::HEXLOWER.encode(&key).as_bytes()) {
@@ -300,7 +321,7 @@ fn load_or_generate_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
                 Err(e) => Err(e),
             }
         }
-        Err(source) => Err(KeyError::Io { path: path.to_path_buf(), source }),
+        Err(e) => Err(e),
     }
 }
 

@@ -63,3 +63,44 @@ fn signatures_verify_and_detect_changes() {
     verify_signature(keys.signing_public(), b"recording digest", &sig).unwrap();
     assert!(verify_signature(keys.signing_public(), b"recording digesT", &sig).is_err());
 }
+
+#[test]
+fn a_loose_certs_folder_is_narrowed_and_loose_secret_and_tls_keys_refuse_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
+    let keys = KeyMaterial::load_or_generate(&certs).unwrap();
+    keys.tls_identity(&["localhost".into()]).unwrap();
+    assert_eq!(fs::metadata(&certs).unwrap().permissions().mode() & 0o777, 0o700, "narrowed");
+    for name in ["api_token.key", "tls.key"] {
+        let path = certs.join(name);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "{name}");
+        for loose in [0o644, 0o640, 0o604, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(loose)).unwrap();
+            let err = KeyMaterial::load_or_generate(&certs)
+                .and_then(|k| k.tls_identity(&["localhost".into()]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{}: private key", path.display())), "{err}");
+            assert!(err.contains(&format!("mode {loose:04o}")) && err.contains("chmod 600"), "{err}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        KeyMaterial::load_or_generate(&certs).unwrap().tls_identity(&["localhost".into()]).unwrap();
+    }
+}
+
+#[test]
+fn the_host_ca_line_names_the_targets_and_is_never_a_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyMaterial::load_or_generate(dir.path()).unwrap();
+    let ca = openssh_line(keys.host_ca_public());
+    let lines = keys.known_hosts_lines("jit-gateway", ["vm1", "vm2"]);
+    assert!(lines.contains(&format!("\n@cert-authority vm1,vm2 {ca}\n")), "{lines}");
+    let none = keys.known_hosts_lines("jit-gateway", []);
+    assert!(none.starts_with(&format!("jit-gateway {}", openssh_line(keys.host_key.public_key()))), "{none}");
+    let usable: Vec<&str> = none.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(usable.len(), 1, "only the gateway's own key: {none}");
+    assert!(!none.contains("@cert-authority *"), "{none}");
+    assert!(none.contains("No targets"), "{none}");
+}

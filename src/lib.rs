@@ -24,11 +24,14 @@ pub mod azure;
 pub mod clock;
 pub mod config;
 pub mod error_text;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod logging;
 pub mod memory;
 pub mod notify;
 pub mod oidc;

@@ -39,6 +39,9 @@ pub enum OidcError {
     Denied,
     #[error("the sign-in code expired before it was approved")]
     Expired,
+    /// The provider answered, and refused what the client brought (a wrong, expired or used code).
+    #[error("the identity provider refused the sign-in: {0}")]
+    Refused(String),
     #[error("ID token rejected: {0}")]
     InvalidToken(String),
     #[error("the identity provider no longer accepts this sign-in (account disabled, signed out or access revoked)")]
@@ -263,7 +266,7 @@ impl OidcClient {
             }
             other => other.map_err(token_error)?,
         }
-        self.identity_from(raw)
+        self.identity_from(raw).and_then(printable_identity)
     }
 
     fn check_claims(
@@ -351,7 +354,7 @@ impl OidcClient {
             .set_redirect_uri(std::borrow::Cow::Owned(login.redirect_uri))
             .request_async(&self.http)
             .await
-            .map_err(|e| OidcError::Provider(format!("code exchange: {}", error_chain(&e))))?;
+            .map_err(|e| code_exchange_error(&e))?;
         let id_token = response
             .extra_fields()
             .id_token()
@@ -406,6 +409,54 @@ pub fn identity_from_claims(claims: &serde_json::Value, config: &OidcConfig) -> 
         groups,
         refresh_token: None,
     })
+}
+
+/// An OAuth error answer about the code itself is the client's problem (4xx);
+/// anything else (no answer, a 5xx, a client the provider does not know) is
+/// the provider's or the gateway's, reported as unreachable or misbehaving.
+fn code_exchange_error<RE: std::error::Error + 'static>(
+    e: &openidconnect::RequestTokenError<
+        RE,
+        openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    >,
+) -> OidcError {
+    use openidconnect::core::CoreErrorResponseType as T;
+    if let openidconnect::RequestTokenError::ServerResponse(r) = e {
+        let detail = r
+            .error_description()
+            .map(|d| format!(": {}", crate::logging::escape(d).chars().take(200).collect::<String>()))
+            .unwrap_or_default();
+        match r.error() {
+            T::InvalidGrant => {
+                return OidcError::Refused(format!(
+                    "the authorization code is wrong, expired or already used (invalid_grant{detail}); sign in again"
+                ));
+            }
+            T::InvalidRequest | T::InvalidScope => {
+                return OidcError::Refused(format!("the code exchange was malformed ({}{detail})", r.error().as_ref()));
+            }
+            _ => {}
+        }
+    }
+    OidcError::Provider(format!("code exchange: {}", error_chain(e)))
+}
+
+/// Refuses claims with control characters: names end up in logs, audit lines and CLI tables.
+fn printable_identity(identity: VerifiedIdentity) -> Result<VerifiedIdentity, OidcError> {
+    let names = [Some(&identity.issuer), Some(&identity.subject), Some(&identity.user)]
+        .into_iter()
+        .chain([identity.login_name.as_ref(), identity.display_name.as_ref()])
+        .flatten()
+        .chain(identity.groups.iter());
+    for name in names {
+        if crate::logging::has_control_chars(name) {
+            return Err(OidcError::InvalidToken(format!(
+                "a claim contains control characters: `{}`",
+                crate::logging::escape(name).chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(identity)
 }
 
 fn token_error(e: ClaimsVerificationError) -> OidcError {

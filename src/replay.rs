@@ -63,12 +63,16 @@ impl Pacer<'_> {
         if self.options.instant || gap == 0.0 {
             return;
         }
-        let mut pause = Duration::from_secs_f64(gap / self.options.speed.max(0.01));
-        if let Some(cap) = self.options.max_idle {
-            pause = pause.min(cap);
-        }
-        std::thread::sleep(pause);
+        std::thread::sleep(pause_for(gap, self.options));
     }
+}
+
+/// How long to wait for a gap of `gap` recorded seconds. A recording's times
+/// are not trusted: a gap too large for a `Duration` (an altered `1e300`)
+/// waits as long as possible, capped by `--max-idle`, instead of panicking.
+fn pause_for(gap: f64, options: &ReplayOptions) -> Duration {
+    let pause = Duration::try_from_secs_f64(gap / options.speed.max(0.01)).unwrap_or(Duration::MAX);
+    options.max_idle.map_or(pause, |cap| pause.min(cap))
 }
 
 pub fn replay(
@@ -175,4 +179,36 @@ pub fn replay(
         return Ok(());
     }
     Err(bad("not a jit-gateway recording (.cast, .exec.gz or .sftp.jsonl)".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absurd_gap_in_an_altered_recording_waits_at_most_max_idle_and_never_panics() {
+        let options = |max_idle| ReplayOptions { speed: 1.0, max_idle, instant: false };
+        // `Duration::from_secs_f64(1e300)` panicked: replay of a `.cast` with `[1e300, "o", "x"]`.
+        assert_eq!(pause_for(1e300, &options(Some(Duration::from_secs(2)))), Duration::from_secs(2));
+        assert_eq!(pause_for(1e300, &options(None)), Duration::MAX);
+        assert_eq!(pause_for(f64::INFINITY, &options(Some(Duration::ZERO))), Duration::ZERO);
+        assert_eq!(pause_for(1.5, &options(None)), Duration::from_millis(1500));
+        let fast = ReplayOptions { speed: 2.0, max_idle: None, instant: false };
+        assert_eq!(pause_for(1.0, &fast), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn an_altered_cast_with_a_huge_time_replays_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r-x.cast");
+        std::fs::write(
+            &path,
+            "{\"version\": 2, \"width\": 80, \"height\": 24, \"timestamp\": 0}\n[1e300, \"o\", \"x\"]\n",
+        )
+        .unwrap();
+        let options = ReplayOptions { speed: 1.0, max_idle: Some(Duration::ZERO), instant: false };
+        let mut out = Vec::new();
+        replay(&path, &options, &mut out, &mut std::io::sink()).unwrap();
+        assert_eq!(out, b"x");
+    }
 }

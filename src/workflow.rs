@@ -97,6 +97,16 @@ fn grant_event(grant: &Grant) -> AuditEvent {
     .on(grant.target.clone())
 }
 
+/// Refuses text with control characters: it would forge lines wherever it is shown (logs, CLI tables, webhooks).
+fn printable(what: &str, text: &str) -> WorkflowResult<()> {
+    if crate::logging::has_control_chars(text) {
+        return Err(WorkflowError::Invalid(format!(
+            "the {what} contains control characters (newlines, tabs or escapes); write it on one line"
+        )));
+    }
+    Ok(())
+}
+
 /// Files a request. Auto-approved requests come back approved with their grant.
 pub async fn request(
     gateway: &Gateway,
@@ -107,6 +117,8 @@ pub async fn request(
     if spec.reason.len() > 1000 {
         return Err(WorkflowError::Invalid("the reason is longer than 1000 characters".into()));
     }
+    printable("target name", &spec.target)?;
+    printable("reason", &spec.reason)?;
     if let Some(bad) = spec.logins.iter().find(|l| !crate::access::valid_login(l)) {
         return Err(WorkflowError::Invalid(format!("`{bad}` is not a valid login name")));
     }
@@ -207,6 +219,7 @@ pub async fn approve(
     id: &str,
     comment: &str,
 ) -> WorkflowResult<(AccessRequest, Option<Grant>)> {
+    printable("comment", comment)?;
     let before = load(gateway, id).await?;
     let now = gateway.clock.now_ms();
     let outcome = policy::check_approval(&before, who, now)?;
@@ -257,6 +270,7 @@ pub async fn deny(gateway: &Gateway, who: &Actor, id: &str, reason: &str) -> Wor
     if reason.trim().is_empty() {
         return Err(WorkflowError::Invalid("--reason is required: tell the requester why".into()));
     }
+    printable("reason", reason)?;
     let before = load(gateway, id).await?;
     let now = gateway.clock.now_ms();
     let state = before.state(now);
@@ -318,6 +332,7 @@ pub async fn revoke(
     if reason.trim().is_empty() {
         return Err(WorkflowError::Invalid("--reason is required for a revocation".into()));
     }
+    printable("reason", reason)?;
     let key = id.to_string();
     let grant = blocking(&gateway.store, move |s| s.grant(&key))
         .await?

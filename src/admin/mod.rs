@@ -25,7 +25,10 @@ const MAX_REQUEST: usize = 64 << 10;
 /// Binds the socket, replacing a stale one left by a crash.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // A folder made here is the gateway's own (0700); an existing one (/run/...) keeps its mode:
+        // the socket is 0600 and every peer is checked by its credentials anyway.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

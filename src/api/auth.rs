@@ -46,6 +46,11 @@ fn mint(gateway: &Gateway, session_id: &str) -> String {
 
 /// The session ID inside a token whose MAC is right.
 fn check(gateway: &Gateway, token: &str) -> Result<String, &'static str> {
+    check_token(gateway.keys.token_key(), token)
+}
+
+/// `check` with the token key itself (pure: the fuzz target calls it).
+pub(crate) fn check_token(secret: &[u8], token: &str) -> Result<String, &'static str> {
     let mut parts = token.split('.');
     let (Some(prefix), Some(id), Some(tag), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err("not a gateway session token");
@@ -58,7 +63,7 @@ fn check(gateway: &Gateway, token: &str) -> Result<String, &'static str> {
         });
     }
     let tag = data_encoding::BASE64URL_NOPAD.decode(tag.as_bytes()).map_err(|_| "malformed token")?;
-    hmac::verify(&mac_key(gateway), format!("{prefix}.{id}").as_bytes(), &tag)
+    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), format!("{prefix}.{id}").as_bytes(), &tag)
         .map_err(|_| "the token's signature is not this gateway's")?;
     Ok(id.to_string())
 }
@@ -222,6 +227,7 @@ fn oidc_error(e: OidcError) -> ApiError {
             ApiError::new(axum::http::StatusCode::GONE, "the sign-in code expired; run `jit-gateway login` again")
         }
         OidcError::InvalidToken(_) | OidcError::MissingClaim(..) => ApiError::forbidden(e.to_string()),
+        OidcError::Refused(_) => ApiError::bad_request(e.to_string()),
         other => {
             tracing::error!(error = %other, "identity provider error during API sign-in");
             ApiError::unavailable(other.to_string())
@@ -298,7 +304,7 @@ pub async fn wait_device(state: &AppState, login_id: &str) -> ApiResult<Option<I
 }
 
 /// Only loopback redirects (RFC 8252): the browser hands the code to the CLI on this machine.
-fn loopback_redirect(uri: &str) -> ApiResult<()> {
+pub(crate) fn loopback_redirect(uri: &str) -> ApiResult<()> {
     let url = reqwest::Url::parse(uri).map_err(|e| ApiError::bad_request(format!("redirect_uri: {e}")))?;
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

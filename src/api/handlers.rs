@@ -123,7 +123,7 @@ pub async fn targets(State(state): State<AppState>, _caller: Caller) -> Json<ser
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewRequest {
+pub(crate) struct NewRequest {
     target: String,
     #[serde(default = "ssh")]
     protocol: Protocol,
@@ -166,21 +166,21 @@ async fn view(state: &AppState, request: AccessRequest) -> ApiResult<RequestView
     Ok(RequestView { state: request.state(now), request, approvers })
 }
 
-pub async fn create_request(State(state): State<AppState>, caller: Caller, b: Body<NewRequest>) -> ApiResult<Response> {
-    let req = body(b)?;
-    let duration: Duration = humantime::parse_duration(req.duration.trim()).map_err(|e| {
+/// A request's `duration` and `starts_at`, parsed, or a 422 that quotes them.
+pub(crate) fn parse_request_times(duration: &str, starts_at: Option<&str>) -> ApiResult<(Duration, Option<i64>)> {
+    let duration: Duration = humantime::parse_duration(duration.trim()).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("duration `{}`: {e} (write e.g. 2h or 30m)", req.duration),
+            format!("duration `{}`: {e} (write e.g. 2h or 30m)", duration.escape_debug()),
         )
     })?;
-    let starts_at_ms = match &req.starts_at {
+    let starts_at_ms = match starts_at {
         Some(text) => Some(
             humantime::parse_rfc3339_weak(text.trim())
                 .map_err(|e| {
                     ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("starts_at `{text}`: {e} (RFC 3339, e.g. 2026-11-27T14:00:00Z)"),
+                        format!("starts_at `{}`: {e} (RFC 3339, e.g. 2026-11-27T14:00:00Z)", text.escape_debug()),
                     )
                 })?
                 .duration_since(std::time::UNIX_EPOCH)
@@ -189,6 +189,12 @@ pub async fn create_request(State(state): State<AppState>, caller: Caller, b: Bo
         ),
         None => None,
     };
+    Ok((duration, starts_at_ms))
+}
+
+pub async fn create_request(State(state): State<AppState>, caller: Caller, b: Body<NewRequest>) -> ApiResult<Response> {
+    let req = body(b)?;
+    let (duration, starts_at_ms) = parse_request_times(&req.duration, req.starts_at.as_deref())?;
     let spec = RequestSpec {
         target: req.target,
         protocol: req.protocol,

@@ -9,9 +9,9 @@
 //! `{"error": ..., "hint": ...}` with a 4xx status; nothing a client sends can
 //! panic the server.
 
-mod auth;
+pub(crate) mod auth;
 mod error;
-mod handlers;
+pub(crate) mod handlers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,9 +120,7 @@ fn tls_config(gateway: &Gateway) -> Result<rustls::ServerConfig, ApiStartError> 
     let (cert_pem, key_pem) = match (&api.tls_cert, &api.tls_key) {
         (Some(c), Some(k)) => (
             std::fs::read_to_string(c).map_err(|e| ApiStartError::Tls(format!("{}: {e}", c.display())))?,
-            crate::secret::Secret::new(
-                std::fs::read_to_string(k).map_err(|e| ApiStartError::Tls(format!("{}: {e}", k.display())))?,
-            ),
+            crate::keys::read_private(k).map_err(|e| ApiStartError::Tls(e.to_string()))?,
         ),
         _ => default_identity(&gateway.config, &gateway.keys).map_err(|e| ApiStartError::Tls(e.to_string()))?,
     };

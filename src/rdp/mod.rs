@@ -19,7 +19,7 @@
 
 mod credssp;
 pub mod replay;
-mod rewrite;
+pub(crate) mod rewrite;
 pub mod ticket;
 pub mod tls;
 pub mod wire;

@@ -36,12 +36,19 @@ pub struct RenderSummary {
     pub unverified_tail: usize,
 }
 
+/// The largest desktop replay renders, in pixels (256 MiB as RGBA): MS-RDPBCGR caps a
+/// client's desktop at 8192 x 8192. A recording declaring more was altered, and would
+/// otherwise make replay allocate up to 17 GB (found while writing the rdprec fuzz target).
+const MAX_DESKTOP_PIXELS: u32 = 8192 * 8192;
+
 struct Renderer {
     io_channel: u16,
     user_channel: u16,
     message_channel: Option<u16>,
     stage: Option<ActiveStage>,
     image: Option<DecodedImage>,
+    /// A Demand Active with a desktop larger than `MAX_DESKTOP_PIXELS`.
+    oversize: Option<(u16, u16)>,
 }
 
 fn demand_active(frame: &[u8]) -> Option<(u32, u16, u16)> {
@@ -76,6 +83,10 @@ impl Renderer {
                 return Some(0);
             }
             if let Some((share_id, w, h)) = demand_active(frame) {
+                if u32::from(w) * u32::from(h) > MAX_DESKTOP_PIXELS {
+                    self.oversize = Some((w, h));
+                    return None;
+                }
                 self.image = Some(DecodedImage::new(PixelFormat::RgbA32, w, h));
                 self.stage = Some(
                     ActiveStageBuilder {
@@ -116,20 +127,45 @@ fn write_png(image: &DecodedImage, path: &Path) -> Result<(), String> {
 
 /// Renders `recording` into `dir` as `frame-000001.png`, ... every `every` of recorded time.
 pub fn render_frames(recording: &[u8], dir: &Path, every: Duration) -> Result<RenderSummary, String> {
+    let mut made = false;
+    render_with(recording, every, |image, n| {
+        if !made {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            made = true;
+        }
+        let path = dir.join(format!("frame-{n:06}.png"));
+        write_png(image, &path)?;
+        Ok(Some(path))
+    })
+}
+
+/// Decodes `recording` and hands `emit` frame number n (from 1) every
+/// `every` of recorded time; what `emit` returns is listed in the summary.
+pub(crate) fn render_with(
+    recording: &[u8],
+    every: Duration,
+    mut emit_frame: impl FnMut(&DecodedImage, usize) -> Result<Option<PathBuf>, String>,
+) -> Result<RenderSummary, String> {
     let parsed = rdp_format::read(recording).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let every_us = every.as_micros().max(1) as u64;
-    let mut r = Renderer { io_channel: 1003, user_channel: 1002, message_channel: None, stage: None, image: None };
+    let mut r = Renderer {
+        io_channel: 1003,
+        user_channel: 1002,
+        message_channel: None,
+        stage: None,
+        image: None,
+        oversize: None,
+    };
     let mut summary = RenderSummary { unverified_tail: parsed.unverified_tail, ..Default::default() };
     let mut buf: Vec<u8> = Vec::new();
     let mut next_at = every_us;
     let mut dirty = false;
     let mut last_us = 0;
-    let emit = |image: &DecodedImage, summary: &mut RenderSummary| -> Result<(), String> {
-        let path = dir.join(format!("frame-{:06}.png", summary.frames_written + 1));
-        write_png(image, &path)?;
+    let mut emit = |image: &DecodedImage, summary: &mut RenderSummary| -> Result<(), String> {
+        if let Some(path) = emit_frame(image, summary.frames_written + 1)? {
+            summary.files.push(path);
+        }
         summary.frames_written += 1;
-        summary.files.push(path);
         Ok(())
     };
     for record in parsed.records.iter().filter(|r| r.kind == FROM_TARGET) {
@@ -157,6 +193,12 @@ pub fn render_frames(recording: &[u8], dir: &Path, every: Duration) -> Result<Re
                 }
                 None => summary.pdus_skipped += 1,
             }
+            if let Some((w, h)) = r.oversize {
+                return Err(format!(
+                    "the recording declares a {w}x{h} desktop, more than replay renders (at most 8192x8192 \
+                     pixels): it was altered or is not a jit-gateway recording"
+                ));
+            }
         }
     }
     if let Some(image) = &r.image {
@@ -182,3 +224,7 @@ pub fn frames_to_video(dir: &Path, every: Duration, out: &Path) -> Result<(), St
         .map_err(|e| format!("ffmpeg: {e} (install ffmpeg for --video)"))?;
     if status.success() { Ok(()) } else { Err(format!("ffmpeg failed ({status})")) }
 }
+
+#[cfg(test)]
+#[path = "replay_tests.rs"]
+mod tests;

@@ -81,7 +81,7 @@ pub struct Blocked {
 pub type SharedBlocked = Arc<Mutex<Blocked>>;
 
 /// Whether a TPKT frame carries data on a blocked channel (a poisoned lock blocks everything).
-fn on_blocked_channel(blocked: &SharedBlocked, frame: &[u8]) -> bool {
+pub(crate) fn on_blocked_channel(blocked: &SharedBlocked, frame: &[u8]) -> bool {
     let Ok(b) = blocked.lock() else { return true };
     !b.ids.is_empty() && data_channel(frame).is_some_and(|c| b.ids.contains(&c))
 }
@@ -245,18 +245,18 @@ fn data_channel(frame: &[u8]) -> Option<u16> {
 /// Cuts a byte stream into whole PDUs (TPKT or fast-path), handing each
 /// out as `Bytes` without copying it: the same bytes go to the other side
 /// and to the recording.
-struct Framer {
+pub(crate) struct Framer {
     buf: BytesMut,
     side: &'static str,
 }
 
 impl Framer {
-    fn new(side: &'static str) -> Framer {
+    pub(crate) fn new(side: &'static str) -> Framer {
         Framer { buf: BytesMut::new(), side }
     }
 
     /// The next PDU; `None` at a clean end.
-    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<Bytes>, String> {
+    pub(crate) async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<Option<Bytes>, String> {
         loop {
             match wire::frame_len(&self.buf) {
                 Ok(Some(n)) if self.buf.len() >= n => return Ok(Some(self.buf.split_to(n).freeze())),

@@ -44,7 +44,7 @@ impl ClientSide {
         let (cert_pem, key_pem) = match (&rdp.tls_cert, &rdp.tls_key) {
             (Some(c), Some(k)) => (
                 std::fs::read_to_string(c).map_err(|e| format!("{}: {e}", c.display()))?,
-                crate::secret::Secret::new(std::fs::read_to_string(k).map_err(|e| format!("{}: {e}", k.display()))?),
+                crate::keys::read_private(k).map_err(|e| e.to_string())?,
             ),
             _ => crate::api::default_identity(config, keys).map_err(|e| e.to_string())?,
         };

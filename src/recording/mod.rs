@@ -13,7 +13,7 @@ pub mod asciicast;
 pub mod chain;
 pub mod crosscheck;
 pub mod exec_format;
-mod formats;
+pub(crate) mod formats;
 pub mod rdp_format;
 pub mod recovery;
 pub mod seal;

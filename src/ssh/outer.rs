@@ -67,6 +67,12 @@ fn retry_methods() -> Auth {
     }
 }
 
+/// A user name with control characters (a forged log line in waiting) gets no method to try.
+fn refuse_user(user: &str) -> Option<Auth> {
+    crate::logging::has_control_chars(user)
+        .then(|| Auth::Reject { proceed_with_methods: Some(MethodSet::empty()), partial_success: false })
+}
+
 /// After a failed sign-in: nothing more to try, so OpenSSH stops instead of starting another device flow.
 fn final_reject() -> Auth {
     Auth::Reject { proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])), partial_success: false }
@@ -237,16 +243,19 @@ impl OuterHandler {
 impl russh::server::Handler for OuterHandler {
     type Error = russh::Error;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(retry_methods())
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        Ok(refuse_user(user).unwrap_or_else(retry_methods))
     }
 
-    async fn auth_publickey_offered(&mut self, _user: &str, _offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(&mut self, user: &str, _offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         // Let the client prove every key: a bound one logs in, an unbound one is remembered for binding.
-        Ok(Auth::Accept)
+        Ok(refuse_user(user).unwrap_or(Auth::Accept))
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        if let Some(refused) = refuse_user(user) {
+            return Ok(refused);
+        }
         match signin::bound_identity(&self.gateway, key.public_key, user).await {
             Ok(Some(identity)) => {
                 if let Err(why) = crate::identity::ensure_current(&self.gateway, &identity).await {
@@ -280,6 +289,10 @@ impl russh::server::Handler for OuterHandler {
         _submethods: &str,
         _response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        if crate::logging::has_control_chars(user) {
+            self.sign_in = SignIn::Failed;
+            return Ok(show("Sign-in refused: the user name contains control characters.".into()));
+        }
         match std::mem::replace(&mut self.sign_in, SignIn::NotStarted) {
             SignIn::NotStarted => Ok(self.start_sign_in().await),
             SignIn::Waiting { auth, _slot } => Ok(self.finish_sign_in(user, auth).await),
@@ -328,6 +341,13 @@ impl russh::server::Handler for OuterHandler {
         let peer = self.peer;
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // Refused before any lookup: such a name could only forge log and audit lines.
+            if crate::logging::has_control_chars(&host) {
+                let reason = "the target name contains control characters";
+                audit_denied(&gateway, &identity, &crate::logging::escape(&host), port, reason, peer).await;
+                reply.reject(ChannelOpenFailure::Other { code: 1, reason: format!("jit-gateway: {reason}") }).await;
+                return;
+            }
             match check_jump(&gateway, &identity, &host, port).await {
                 Jump::Allowed(target) => {
                     reply.accept().await;

@@ -59,11 +59,31 @@ fn user_key(user: &str, grant_id: &str) -> String {
     format!("{}\0{grant_id}", user.to_ascii_lowercase())
 }
 
+/// Creates the store file 0600 before redb opens it (redb would create it
+/// 0644 under the usual umask), and narrows an existing one to 0600.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        tracing::warn!(path = %path.display(), mode = format!("{mode:04o}"), "narrowed the store file to mode 0600");
+    }
+    Ok(())
+}
+
 impl RedbStore {
     pub fn open(path: &Path) -> StoreResult<RedbStore> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| db_err(format!("{}: {e}", parent.display())))?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| db_err(format!("{}: {e}", parent.display())))?;
         }
+        private_file(path).map_err(|e| db_err(format!("{}: {e}", path.display())))?;
         let db = Database::builder()
             .set_cache_size(32 << 20)
             .create(path)

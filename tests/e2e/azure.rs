@@ -244,8 +244,11 @@ async fn vms_tagged_for_the_gateway_are_discovered_as_targets() {
     gw.bind_key(&alice.public_key, "alice@example.test", "alice").await;
     gw.grant("alice@example.test", "myvm", &[LOGIN], Duration::from_secs(600)).await;
     // Its name is not in the client's known_hosts (made before discovery): trust the host CA for it.
+    // (With an empty inventory the gateway prints no CA line at all, never `@cert-authority *`.)
     let known = std::fs::read_to_string(alice.dir.join("known_hosts")).unwrap();
-    std::fs::write(alice.dir.join("known_hosts"), known.replace("@cert-authority ", "@cert-authority myvm,")).unwrap();
+    assert!(!known.contains("@cert-authority *"), "{known}");
+    let ca = jit_gateway::keys::openssh_line(gw.gateway.keys.host_ca_public());
+    std::fs::write(alice.dir.join("known_hosts"), format!("{known}@cert-authority myvm {ca}\n")).unwrap();
     let out = alice.exec("myvm", "echo discovered", None).await;
     assert_eq!(text(&out.stdout).trim(), "discovered", "{}", text(&out.stderr));
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod azure;
 mod limits;
+mod hardening;
 
 mod enforcement;
 mod rdp;

@@ -28,12 +28,14 @@ async fn refused_requests_say_why_and_never_reach_a_target() {
     gw.grant("bob@example.test", "vm3", &[LOGIN], Duration::from_secs(3600)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
+    // The wrong-port refusal names the target's configured SSH port, not 22.
+    let wrong_port = format!("vm3 is reached on port {} through this gateway, not 8080", vm3.port);
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec![format!("{LOGIN}@vm3")], "expired"),
         (vec![format!("{LOGIN}@vm2")], "does not allow the login `admin`; it allows: deploy"),
         (vec![format!("{LOGIN}@vm9")], "`vm9` is not a target of this gateway"),
         (vec!["-p".into(), raw.port.to_string(), format!("{LOGIN}@127.0.0.1")], "`127.0.0.1` is not a target"),
-        (vec!["-p".into(), "8080".into(), format!("{LOGIN}@vm3")], "reached on port 22 through this gateway, not 8080"),
+        (vec!["-p".into(), "8080".into(), format!("{LOGIN}@vm3")], &wrong_port),
         (vec![format!("{LOGIN}@localhost")], "`localhost` is not a target"),
     ];
     for (destination, reason) in cases {

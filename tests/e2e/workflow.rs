@@ -345,6 +345,14 @@ async fn bad_input_on_the_api_gets_a_clear_4xx_and_changes_nothing() {
         ),
         ("missing field", auth(http.post(url("/requests"))).body(r#"{"target":"vm1"}"#), 422, "missing field"),
         (
+            "a newline in the reason (a forged log line)",
+            auth(http.post(url("/requests"))).body(
+                r#"{"target":"vm1","logins":["admin"],"duration":"1h","reason":"x\n2026-12-02T15:00:00Z INFO approved"}"#,
+            ),
+            422,
+            "the reason contains control characters",
+        ),
+        (
             "bad duration",
             auth(http.post(url("/requests")))
                 .body(r#"{"target":"vm1","logins":["admin"],"duration":"forever","reason":"x"}"#),
