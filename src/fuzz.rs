@@ -228,6 +228,32 @@ pub fn manifest(data: &[u8]) {
     let _ = crate::recording::seal::verify(recording, key);
 }
 
+/// `jit-gateway verify` and the start-up recovery: a recording's chain file
+/// (`r-<id>.chain`) as an attacker may have rewritten it, against recording
+/// bytes. The input's first two bytes say where the chain file ends.
+pub fn chain(data: &[u8]) {
+    use crate::recording::chain;
+    let split = data.get(..2).map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+    let rest = data.get(2..).unwrap_or_default();
+    let (file, recording) = rest.split_at(split.min(rest.len()));
+    let _ = chain::check(file, recording, "r-fuzz");
+    // A chain this crate writes over the same bytes always checks.
+    let mut text = chain::header_line("r-fuzz");
+    let mut head = [0u8; 32];
+    let mut end = 0usize;
+    while end < recording.len() {
+        // Contiguous flushes, their sizes taken from the bytes themselves.
+        let next = (end + usize::from(recording[end] % 64) + 1).min(recording.len());
+        let since = ring::digest::digest(&ring::digest::SHA256, &recording[end..next]);
+        head = chain::next_link(&head, since.as_ref());
+        end = next;
+        text.push_str(&chain::link_line(end as u64, &head));
+    }
+    if end > 0 {
+        assert!(chain::check(text.as_bytes(), recording, "r-fuzz").is_ok(), "own chain does not check");
+    }
+}
+
 /// What the HTTPS API and the RDP listener parse by hand: bearer tokens, RDP
 /// tickets (the pre-connection blob), redirect URIs, durations and times in
 /// request bodies, and the request bodies themselves.

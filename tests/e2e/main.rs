@@ -5,8 +5,8 @@
 mod support;
 
 mod azure;
-mod limits;
 mod hardening;
+mod limits;
 
 mod enforcement;
 mod rdp;
